@@ -1,0 +1,30 @@
+//! Kiln's criterion benchmarks live in `benches/benches/`; run them with
+//! `cargo bench -p kiln-benches`. Shared input generators are here.
+
+/// Deterministic pseudo-random bytes (xorshift), for synthetic block data.
+pub fn pseudo_random_bytes(n: usize, seed: u32) -> Vec<u8> {
+    let mut state = seed.max(1);
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        })
+        .collect()
+}
+
+/// `n_blocks` blocks of `ty` with finite, small f16 scales at every scale position.
+pub fn synthetic_blocks(ty: kiln_quant::GgmlType, n_blocks: usize) -> Vec<u8> {
+    let bb = ty.block_bytes();
+    let mut bytes = pseudo_random_bytes(n_blocks * bb, 0x9E37_79B9);
+    let scale = half::f16::from_f32(0.01).to_le_bytes();
+    for block in bytes.chunks_exact_mut(bb) {
+        // Q4_0 / Q8_0 start with d; Q4_1 with d then m.
+        block[..2].copy_from_slice(&scale);
+        if ty == kiln_quant::GgmlType::Q4_1 {
+            block[2..4].copy_from_slice(&scale);
+        }
+    }
+    bytes
+}

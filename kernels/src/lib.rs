@@ -1,0 +1,38 @@
+//! kiln-kernels: Kiln's custom ops, joined to Burn's run-time dispatch as backend extensions
+//! (`#[backend_extension(Cube, Flex)]`). Each op family is one trait; the Flex (CPU)
+//! implementation is the reference that the CubeCL one (wgpu, CUDA) is tested against.
+//!
+//! Quantized weights stay in their GGUF blocks on the device ([`QTensor`]); kernels read the
+//! blocks directly.
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube_util;
+pub mod dequant;
+mod error;
+mod qtensor;
+
+pub use error::{KernelError, Result};
+pub use qtensor::QTensor;
+
+/// Which of Burn's backends a device runs on, as far as Kiln's kernels care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Burn's Flex CPU backend: Kiln's CPU kernels.
+    Flex,
+    /// A CubeCL runtime (wgpu, CUDA): Kiln's CubeCL kernels.
+    Cube,
+}
+
+impl BackendKind {
+    /// The backend of a Burn device, or an error for a backend Kiln has no kernels for.
+    pub fn of(device: &burn::tensor::Device) -> Result<Self> {
+        use burn::backend::DispatchDevice;
+        match device.as_dispatch() {
+            DispatchDevice::Flex(_) => Ok(BackendKind::Flex),
+            #[cfg(any(feature = "wgpu", feature = "cuda"))]
+            DispatchDevice::Cube(_) => Ok(BackendKind::Cube),
+            #[allow(unreachable_patterns)]
+            other => Err(KernelError::UnsupportedDevice(format!("{other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! kiln-models: Burn modules for the models Kiln serves (Llama-family LLMs, BERT encoders,
+//! DREAM, COPE, InterBERT), their weight loading (GGUF, safetensors), tokenizers and image
+//! preprocessing. No CLI and no I/O beyond reading model files.
+//!
+//! The architectures arrive with their issues; this crate holds their shared error type now.
+
+mod error;
+
+pub use error::{ModelError, Result};

@@ -1,0 +1,21 @@
+//! Q8_0: blocks of 32 signed bytes with one f16 scale; 8.5 bits per weight.
+//! `y = d * q` (ggml `dequantize_row_q8_0`).
+
+use half::f16;
+
+/// ggml `block_q8_0`.
+#[repr(C)]
+pub struct BlockQ8_0 {
+    pub d: f16,
+    pub qs: [i8; 32],
+}
+const _: () = assert!(size_of::<BlockQ8_0>() == 34);
+
+pub(super) fn dequantize(bytes: &[u8], out: &mut [f32]) {
+    for (block, y) in bytes.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+        let d = super::f16_at(block, 0);
+        for (y, &q) in y.iter_mut().zip(&block[2..]) {
+            *y = d * f32::from(q as i8);
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Helpers for Kiln's cross-crate tests: finding the fixture models and the wgpu device.
+//!
+//! Locally a missing fixture or GPU skips the test with a message naming the fix; in CI
+//! (`CI=true`) it fails the test, so CI can never go green by skipping.
+
+use std::path::PathBuf;
+
+use kiln_runtime::{DeviceId, DeviceInfo};
+
+/// True when running under CI (`CI` set to anything but `false`/`0`/empty).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+fn missing(what: &str, fix: &str) {
+    if in_ci() {
+        panic!("{what}; CI must not skip this test ({fix})");
+    }
+    eprintln!("SKIPPED: {what} ({fix})");
+}
+
+/// The path of a fixture model (`smollm2-q4_1`, `minilm`), or `None` (locally) when it has not
+/// been fetched. Panics in CI when it is missing.
+pub fn fixture(name: &str) -> Option<PathBuf> {
+    let path = kiln_runtime::models_dir::fixture_path(name)
+        .unwrap_or_else(|| panic!("no fixture named {name:?}"));
+    if path.exists() {
+        Some(path)
+    } else {
+        missing(
+            &format!("fixture {name} not found at {}", path.display()),
+            "run scripts/fetch-models.sh",
+        );
+        None
+    }
+}
+
+/// The first wgpu device, or `None` (locally) when there is none. Panics in CI when missing.
+pub fn wgpu_device() -> Option<(DeviceInfo, burn::tensor::Device)> {
+    let devices = kiln_runtime::probe_devices();
+    let found = devices
+        .devices
+        .iter()
+        .find(|d| matches!(d.id, DeviceId::Wgpu(_)))
+        .cloned();
+    match found {
+        Some(info) => {
+            let device = info.burn_device().expect("wgpu device opens");
+            Some((info, device))
+        }
+        None => {
+            missing(
+                &format!("no wgpu adapter ({})", devices.notes.join("; ")),
+                "install a Vulkan driver: apt-get install mesa-vulkan-drivers",
+            );
+            None
+        }
+    }
+}
