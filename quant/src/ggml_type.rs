@@ -81,6 +81,8 @@ ggml_types! {
     TQ1_0 = 34, "tq1_0", 256, 54;
     TQ2_0 = 35, "tq2_0", 256, 66;
     MXFP4 = 39, "mxfp4", 32, 17;
+    NVFP4 = 40, "nvfp4", 64, 36;
+    Q1_0 = 41, "q1_0", 128, 18;
 }
 
 impl GgmlType {
@@ -120,7 +122,7 @@ mod tests {
         for &ty in GgmlType::ALL {
             assert_eq!(GgmlType::from_id(ty.id()), Some(ty));
         }
-        for removed in [4, 5, 31, 32, 33, 36, 37, 38, 40, 1000] {
+        for removed in [4, 5, 31, 32, 33, 36, 37, 38, 42, 1000] {
             assert_eq!(GgmlType::from_id(removed), None, "id {removed}");
         }
     }

@@ -3,10 +3,14 @@
 //! against gguf-py's `gguf.quants`.
 
 mod float;
+mod k_quants;
 mod q4;
+mod q5;
 mod q8_0;
 
+pub use k_quants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
 pub use q4::{BlockQ4_0, BlockQ4_1};
+pub use q5::{BlockQ5_0, BlockQ5_1};
 pub use q8_0::BlockQ8_0;
 
 use crate::{Error, GgmlType, Result};
@@ -18,6 +22,26 @@ pub const DEQUANTIZE_TYPES: &[GgmlType] = &[
     GgmlType::BF16,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::Q8_K,
+];
+
+/// The types [`quantize`] handles (bit-exact with gguf-py's `gguf.quants.quantize`).
+pub const QUANTIZE_TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
     GgmlType::Q8_0,
 ];
 
@@ -42,7 +66,15 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
         GgmlType::BF16 => float::bf16_to_f32(bytes, out),
         GgmlType::Q4_0 => q4::dequantize_q4_0(bytes, out),
         GgmlType::Q4_1 => q4::dequantize_q4_1(bytes, out),
+        GgmlType::Q5_0 => q5::dequantize_q5_0(bytes, out),
+        GgmlType::Q5_1 => q5::dequantize_q5_1(bytes, out),
         GgmlType::Q8_0 => q8_0::dequantize(bytes, out),
+        GgmlType::Q2_K => k_quants::dequantize_q2_k(bytes, out),
+        GgmlType::Q3_K => k_quants::dequantize_q3_k(bytes, out),
+        GgmlType::Q4_K => k_quants::dequantize_q4_k(bytes, out),
+        GgmlType::Q5_K => k_quants::dequantize_q5_k(bytes, out),
+        GgmlType::Q6_K => k_quants::dequantize_q6_k(bytes, out),
+        GgmlType::Q8_K => k_quants::dequantize_q8_k(bytes, out),
         ty => {
             return Err(Error::Unsupported {
                 ty,
@@ -51,6 +83,66 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Packs `x` into blocks of `ty` in `out`, which must hold exactly the bytes for `x.len()`
+/// elements (a whole number of blocks).
+pub fn quantize(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<()> {
+    if ty.bytes_for(x.len() as u64) != Some(out.len() as u64) {
+        return Err(Error::PartialBlock {
+            what: format!("quantize {} values", x.len()),
+            ty,
+            len: out.len(),
+            block_bytes: ty.block_bytes(),
+        });
+    }
+    match ty {
+        GgmlType::F32 => float::f32_from_f32(x, out),
+        GgmlType::F16 => float::f16_from_f32(x, out),
+        GgmlType::BF16 => float::bf16_from_f32(x, out),
+        GgmlType::Q4_0 => q4::quantize_q4_0(x, out),
+        GgmlType::Q4_1 => q4::quantize_q4_1(x, out),
+        GgmlType::Q5_0 => q5::quantize_q5_0(x, out),
+        GgmlType::Q5_1 => q5::quantize_q5_1(x, out),
+        GgmlType::Q8_0 => q8_0::quantize(x, out),
+        ty => return Err(Error::Unsupported { ty, op: "quantize" }),
+    }
+    Ok(())
+}
+
+/// Convenience: quantize into a new vector.
+pub fn quantize_to_vec(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
+    let n = ty
+        .bytes_for(x.len() as u64)
+        .ok_or_else(|| Error::PartialBlock {
+            what: format!("quantize {} values", x.len()),
+            ty,
+            len: x.len(),
+            block_bytes: ty.block_bytes(),
+        })?;
+    let mut out = vec![0u8; n as usize];
+    quantize(ty, x, &mut out)?;
+    Ok(out)
+}
+
+/// The value of largest magnitude (the first, if several tie), with its sign.
+pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
+    let mut amax = 0.0f32;
+    let mut max = 0.0f32;
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+pub(crate) fn min_max(x: &[f32]) -> (f32, f32) {
+    x.iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
 }
 
 /// Convenience: dequantize into a new vector.

@@ -40,3 +40,33 @@ pub(super) fn dequantize_q4_1(bytes: &[u8], out: &mut [f32]) {
         }
     }
 }
+
+/// ggml `quantize_row_q4_0_ref`: `d = max / -8` (max: the value of largest magnitude, first if
+/// tied), `q = min(trunc(x / d + 8.5), 15)`.
+pub(super) fn quantize_q4_0(x: &[f32], out: &mut [u8]) {
+    for (x, block) in x.chunks_exact(32).zip(out.chunks_exact_mut(18)) {
+        let max = super::signed_absmax(x);
+        let d = max / -8.0;
+        let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+        let q = |v: f32| ((v * id + 8.5).trunc() as u8).min(15);
+        block[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        for j in 0..16 {
+            block[2 + j] = q(x[j]) | (q(x[j + 16]) << 4);
+        }
+    }
+}
+
+/// ggml `quantize_row_q4_1_ref`: `d = (max - min) / 15`, `q = min(trunc((x - min) / d + 0.5), 15)`.
+pub(super) fn quantize_q4_1(x: &[f32], out: &mut [u8]) {
+    for (x, block) in x.chunks_exact(32).zip(out.chunks_exact_mut(20)) {
+        let (min, max) = super::min_max(x);
+        let d = (max - min) / 15.0;
+        let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+        let q = |v: f32| (((v - min) * id + 0.5).trunc() as u8).min(15);
+        block[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        block[2..4].copy_from_slice(&f16::from_f32(min).to_le_bytes());
+        for j in 0..16 {
+            block[4 + j] = q(x[j]) | (q(x[j + 16]) << 4);
+        }
+    }
+}

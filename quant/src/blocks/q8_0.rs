@@ -19,3 +19,16 @@ pub(super) fn dequantize(bytes: &[u8], out: &mut [f32]) {
         }
     }
 }
+
+/// ggml `quantize_row_q8_0_ref`: `d = amax / 127`, `q = round(x / d)` (half away from zero).
+pub(super) fn quantize(x: &[f32], out: &mut [u8]) {
+    for (x, block) in x.chunks_exact(32).zip(out.chunks_exact_mut(34)) {
+        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+        block[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        for (o, &v) in block[2..].iter_mut().zip(x) {
+            *o = ((v * id).round() as i8) as u8;
+        }
+    }
+}

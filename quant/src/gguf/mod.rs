@@ -6,9 +6,11 @@
 
 mod metadata;
 mod reader;
+mod writer;
 
 pub use metadata::{Array, Metadata, Value, ValueType};
 pub use reader::{GgufFile, TensorInfo};
+pub use writer::{TensorToWrite, write_gguf, write_gguf_file};
 
 /// `"GGUF"` read as a little-endian u32.
 pub const MAGIC: u32 = 0x4655_4747;

@@ -454,3 +454,18 @@ impl<'a> Cursor<'a> {
         })
     }
 }
+
+impl GgufFile {
+    /// The tensors as the writer takes them, borrowing this file's bytes.
+    pub fn tensors_to_write(&self) -> Vec<super::TensorToWrite<'_>> {
+        self.tensors
+            .iter()
+            .map(|t| super::TensorToWrite {
+                name: &t.name,
+                dims: &t.dims,
+                ty: t.ty,
+                data: self.tensor_data(t),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,96 @@
+//! Block codecs against gguf-py (`gguf.quants`) on the committed vectors made by
+//! `tests/data/make_vectors.py`: dequantization and quantization bit-exact.
+
+use kiln_quant::GgmlType;
+use kiln_quant::blocks::{QUANTIZE_TYPES, dequantize_to_vec, quantize_to_vec};
+use kiln_quant::gguf::GgufFile;
+
+fn vectors() -> GgufFile {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/vectors.gguf");
+    GgufFile::open(path).expect("vectors.gguf (regenerate with tests/data/make_vectors.py)")
+}
+
+fn f32s(file: &GgufFile, name: &str) -> Vec<f32> {
+    let t = file.tensor(name).unwrap();
+    assert_eq!(t.ty, GgmlType::F32, "{name}");
+    dequantize_to_vec(GgmlType::F32, file.tensor_data(t)).unwrap()
+}
+
+const TYPES: &[GgmlType] = &[
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+#[test]
+fn dequantize_is_bit_exact_with_gguf_py() {
+    let file = vectors();
+    for &ty in TYPES {
+        let name = ty.to_string();
+        let q = file.tensor(&format!("{name}.q")).unwrap();
+        assert_eq!(q.ty, ty);
+        let got = dequantize_to_vec(ty, file.tensor_data(q)).unwrap();
+        let want = f32s(&file, &format!("{name}.deq"));
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                g.to_bits(),
+                w.to_bits(),
+                "{name} element {i}: kiln {g}, gguf-py {w}"
+            );
+        }
+    }
+}
+
+#[test]
+fn quantize_is_bit_exact_with_gguf_py() {
+    let file = vectors();
+    for &ty in TYPES.iter().filter(|t| QUANTIZE_TYPES.contains(t)) {
+        let name = ty.to_string();
+        let x = f32s(&file, &format!("{name}.x"));
+        let want = file.tensor_data(file.tensor(&format!("{name}.q")).unwrap());
+        let got = quantize_to_vec(ty, &x).unwrap();
+        let bb = ty.block_bytes();
+        for (i, (g, w)) in got.chunks(bb).zip(want.chunks(bb)).enumerate() {
+            assert_eq!(g, w, "{name} block {i}");
+        }
+    }
+}
+
+/// llama.cpp `tests/test-quantize-fns.cpp`: on `0.1 + 2 cos(i)`, 4096 values, the "total error"
+/// `sqrt(sum of squared differences) / n` stays under 0.002.
+#[test]
+fn quantize_then_dequantize_total_error_as_llama_cpp_tests_it() {
+    let x: Vec<f32> = (0..4096).map(|i| 0.1 + 2.0 * (i as f32).cos()).collect();
+    for &ty in QUANTIZE_TYPES {
+        let q = quantize_to_vec(ty, &x).unwrap();
+        let y = dequantize_to_vec(ty, &q).unwrap();
+        let sum: f64 = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum();
+        let total_error = sum.sqrt() / x.len() as f64;
+        assert!(total_error < 0.002, "{ty}: total error {total_error}");
+    }
+}
+
+#[test]
+fn codec_input_errors_are_errors() {
+    assert!(dequantize_to_vec(GgmlType::Q4_K, &[0u8; 143]).is_err());
+    assert!(quantize_to_vec(GgmlType::Q8_0, &[0.0; 31]).is_err());
+    assert!(
+        quantize_to_vec(GgmlType::Q4_K, &[0.0; 256]).is_err(),
+        "not yet a quantizer"
+    );
+    assert!(dequantize_to_vec(GgmlType::IQ2_XXS, &[0u8; 66]).is_err());
+}
