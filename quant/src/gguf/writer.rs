@@ -149,8 +149,14 @@ impl<W: Write> Counter<'_, W> {
     }
 
     fn pad(&mut self, alignment: u64) -> std::io::Result<()> {
-        let pad = align(self.n, alignment) - self.n;
-        self.put(&vec![0u8; pad as usize])
+        const ZEROS: [u8; 4096] = [0; 4096];
+        let mut pad = align(self.n, alignment) - self.n;
+        while pad > 0 {
+            let n = pad.min(ZEROS.len() as u64);
+            self.put(&ZEROS[..n as usize])?;
+            pad -= n;
+        }
+        Ok(())
     }
 
     fn string(&mut self, s: &str) -> std::io::Result<()> {
