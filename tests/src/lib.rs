@@ -22,17 +22,35 @@ fn missing(what: &str, fix: &str) {
 /// The path of a fixture model (`smollm2-q4_1`, `minilm`), or `None` (locally) when it has not
 /// been fetched. Panics in CI when it is missing.
 pub fn fixture(name: &str) -> Option<PathBuf> {
-    let path = kiln_runtime::models_dir::fixture_path(name)
-        .unwrap_or_else(|| panic!("no fixture named {name:?}"));
-    if path.exists() {
-        Some(path)
-    } else {
-        missing(
-            &format!("fixture {name} not found at {}", path.display()),
-            "run scripts/fetch-models.sh",
-        );
-        None
+    match locate_fixture(&kiln_runtime::models_dir::models_dir(), name, in_ci()) {
+        Ok(found) => found,
+        Err(message) => panic!("{message}"),
     }
+}
+
+/// The decision behind [`fixture`], without the environment: `Ok(Some(path))` when present,
+/// `Ok(None)` (after printing why) when missing locally, `Err` when missing in CI or unknown.
+pub fn locate_fixture(
+    models_dir: &std::path::Path,
+    name: &str,
+    ci: bool,
+) -> Result<Option<PathBuf>, String> {
+    let (_, rel) = kiln_runtime::models_dir::FIXTURES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .ok_or_else(|| format!("no fixture named {name:?}"))?;
+    let path = models_dir.join(rel);
+    if path.exists() {
+        return Ok(Some(path));
+    }
+    let what = format!("fixture {name} not found at {}", path.display());
+    if ci {
+        return Err(format!(
+            "{what}; CI must not skip this test (run scripts/fetch-models.sh)"
+        ));
+    }
+    eprintln!("SKIPPED: {what} (run scripts/fetch-models.sh)");
+    Ok(None)
 }
 
 /// The first wgpu device, or `None` (locally) when there is none. Panics in CI when missing.
