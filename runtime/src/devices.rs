@@ -274,6 +274,12 @@ impl DeviceInfo {
                 id: self.id.to_string(),
                 reason: "this build of Kiln has no wgpu support".into(),
             }),
+            #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+            Selector::Cuda(_) => Err(RuntimeError::Device {
+                id: self.id.to_string(),
+                reason: "this build of Kiln has no GPU support".into(),
+            }),
+            #[cfg(any(feature = "wgpu", feature = "cuda"))]
             Selector::Cuda(index) => cubecl::Device::cuda(*index)
                 .map(burn::tensor::Device::new)
                 .map_err(|e| RuntimeError::Device {
