@@ -102,6 +102,15 @@ pub enum Error {
     MissingTensor { name: String },
     #[error("{ty} has no {op} codec in Kiln")]
     Unsupported { ty: GgmlType, op: &'static str },
+    #[error(
+        "tensor {tensor:?} is already quantized ({from}); converting it to {to} loses accuracy \
+         twice: pass --allow-requantize to do it anyway"
+    )]
+    RequantizeDisallowed {
+        tensor: String,
+        from: GgmlType,
+        to: GgmlType,
+    },
     #[error("{what}: {len} bytes is not a whole number of {ty} blocks ({block_bytes} bytes each)")]
     PartialBlock {
         what: String,

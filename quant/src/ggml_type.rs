@@ -101,6 +101,14 @@ impl GgmlType {
         (n_elements / block).checked_mul(self.block_bytes() as u64)
     }
 
+    /// The type named like llama.cpp names it (`q4_K`, `Q4_K`, `q4_k`, `f16`), any case.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
+    }
+
     /// Whether the type is block-quantized (as opposed to a plain number type).
     pub fn is_quantized(self) -> bool {
         self.block_size() > 1

@@ -9,6 +9,7 @@
 //! against gguf-py bit for bit.
 
 pub mod blocks;
+pub mod convert;
 mod error;
 mod ggml_type;
 pub mod gguf;

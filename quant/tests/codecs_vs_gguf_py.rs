@@ -48,7 +48,9 @@ fn dequantize_is_bit_exact_with_gguf_py() {
 #[test]
 fn quantize_is_bit_exact_with_gguf_py() {
     let file = vectors();
-    for ty in types().filter(|t| QUANTIZE_TYPES.contains(t)) {
+    // gguf-py quantizes the plain and 32-element formats; the K-quants are checked against
+    // llama.cpp (llama_cpp_kquants.rs and scripts/llama-cpp-check.sh).
+    for ty in types().filter(|t| QUANTIZE_TYPES.contains(t) && t.block_size() < 256) {
         let name = ty.to_string();
         let x = f32s(&file, &format!("{name}.x"));
         let want = file.tensor_data(file.tensor(&format!("{name}.q")).unwrap());
@@ -61,7 +63,7 @@ fn quantize_is_bit_exact_with_gguf_py() {
 }
 
 /// llama.cpp `tests/test-quantize-fns.cpp`: on `0.1 + 2 cos(i)`, 4096 values, the "total error"
-/// `sqrt(sum of squared differences) / n` stays under 0.002.
+/// `sqrt(sum of squared differences) / n` stays under 0.002 (0.004 for 3-bit, 0.0075 for 2-bit).
 #[test]
 fn quantize_then_dequantize_total_error_as_llama_cpp_tests_it() {
     let x: Vec<f32> = (0..4096).map(|i| 0.1 + 2.0 * (i as f32).cos()).collect();
@@ -74,7 +76,15 @@ fn quantize_then_dequantize_total_error_as_llama_cpp_tests_it() {
             .map(|(a, b)| f64::from(a - b).powi(2))
             .sum();
         let total_error = sum.sqrt() / x.len() as f64;
-        assert!(total_error < 0.002, "{ty}: total error {total_error}");
+        let max = match ty {
+            GgmlType::Q2_K => 0.0075,
+            GgmlType::Q3_K => 0.0040,
+            _ => 0.002,
+        };
+        assert!(
+            total_error < max,
+            "{ty}: total error {total_error} (max {max})"
+        );
     }
 }
 
@@ -82,9 +92,10 @@ fn quantize_then_dequantize_total_error_as_llama_cpp_tests_it() {
 fn codec_input_errors_are_errors() {
     assert!(dequantize_to_vec(GgmlType::Q4_K, &[0u8; 143]).is_err());
     assert!(quantize_to_vec(GgmlType::Q8_0, &[0.0; 31]).is_err());
+    assert!(quantize_to_vec(GgmlType::Q4_K, &[0.0; 255]).is_err());
     assert!(
-        quantize_to_vec(GgmlType::Q4_K, &[0.0; 256]).is_err(),
-        "not yet a quantizer"
+        quantize_to_vec(GgmlType::Q8_K, &[0.0; 256]).is_err(),
+        "Q8_K: no quantizer"
     );
     assert!(dequantize_to_vec(GgmlType::IQ2_XXS, &[0u8; 66]).is_err());
 }

@@ -8,6 +8,9 @@ pub enum RuntimeError {
     Device { id: String, reason: String },
     #[error("unknown device {0:?} (expected cpu, wgpu[:N] or cuda[:N]; `kiln devices` lists them)")]
     UnknownDevice(String),
+    /// A request that cannot be carried out as given (bad flag values, paths).
+    #[error("{0}")]
+    Usage(String),
     #[error(transparent)]
     Quant(#[from] kiln_quant::Error),
     #[error(transparent)]

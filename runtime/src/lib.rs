@@ -8,6 +8,7 @@ pub mod devices;
 mod error;
 pub mod inspect;
 pub mod models_dir;
+pub mod quantize;
 
 pub use devices::{DeviceClass, DeviceId, DeviceInfo, Devices, probe_devices};
 pub use error::{Result, RuntimeError};

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kiln_runtime::devices::{DeviceInfo, Devices};
 use kiln_runtime::inspect::{GgufSummary, human_bytes};
-use kiln_runtime::probe_devices;
+use kiln_runtime::quantize::{QuantizeRequest, QuantizeSummary, parse_target, quantize_file};
+use kiln_runtime::{RuntimeError, probe_devices};
 
 /// Kiln: an inference runtime for e-commerce search and recommendation models.
 #[derive(Parser)]
@@ -35,6 +36,26 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Convert a GGUF model to another weight format, with llama.cpp's conventions for which
+    /// tensors keep higher precision; reports size and error per tensor.
+    Quantize {
+        /// The input GGUF file.
+        input: PathBuf,
+        /// The output GGUF file (written under a temporary name, renamed when complete).
+        output: PathBuf,
+        /// f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0, q6_k, q5_k, q4_k, q3_k or q2_k.
+        #[arg(long = "type", value_name = "TYPE")]
+        target: String,
+        /// Convert tensors that are already quantized (dequantized first, then quantized).
+        #[arg(long)]
+        allow_requantize: bool,
+        /// Every weight to the target type, the output projection included (llama-quantize --pure).
+        #[arg(long)]
+        pure: bool,
+        /// Replace an existing output file.
+        #[arg(long)]
+        overwrite: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,7 +64,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kiln: error: {e}");
-            ExitCode::from(1)
+            let usage = matches!(e.downcast_ref(), Some(RuntimeError::Usage(_)));
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }
@@ -66,8 +88,78 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 print!("{}", summary.render(all));
             }
         }
+        Command::Quantize {
+            input,
+            output,
+            target,
+            allow_requantize,
+            pure,
+            overwrite,
+        } => {
+            let request = QuantizeRequest {
+                input,
+                output,
+                options: kiln_quant::convert::ConvertOptions {
+                    target: parse_target(&target)?,
+                    allow_requantize,
+                    pure,
+                },
+                overwrite,
+            };
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:32}] {percent:>3}% eta {eta} {msg}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            let summary = quantize_file(&request, |done, total, tensor| {
+                bar.set_length(total);
+                bar.set_position(done);
+                bar.set_message(tensor.to_string());
+            });
+            bar.finish_and_clear();
+            let summary = summary?;
+            print!("{}", render_quantize(&request, &summary));
+        }
     }
     Ok(())
+}
+
+fn render_quantize(req: &QuantizeRequest, s: &QuantizeSummary) -> String {
+    let mut out = format!(
+        "{:<34} {:>6} -> {:<6} {:>11} {:>11} {:>10} {:>8}\n",
+        "tensor", "from", "to", "bytes in", "bytes out", "rmse", "rel"
+    );
+    for t in &s.tensors {
+        let rms_in = (t.sum_sq_input / t.n_elements.max(1) as f64).sqrt();
+        let rel = if t.from == t.to || rms_in == 0.0 {
+            "-".to_string()
+        } else {
+            format!("{:.3}%", 100.0 * t.rmse / rms_in)
+        };
+        out.push_str(&format!(
+            "{:<34} {:>6} -> {:<6} {:>11} {:>11} {:>10.3e} {:>8}\n",
+            t.name,
+            t.from.to_string(),
+            t.to.to_string(),
+            t.bytes_before,
+            t.bytes_after,
+            t.rmse,
+            rel
+        ));
+    }
+    out.push_str(&format!(
+        "\n{} ({}) -> {} ({}, {:.3}x the input); rmse over all converted weights {:.4e}\n",
+        req.input.display(),
+        human_bytes(s.input_bytes),
+        req.output.display(),
+        human_bytes(s.output_bytes),
+        s.output_bytes as f64 / s.input_bytes.max(1) as f64,
+        s.total_rmse()
+    ));
+    out
 }
 
 fn render_devices(devices: &Devices) -> String {

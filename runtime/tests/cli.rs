@@ -83,3 +83,196 @@ fn devices_without_a_driver_says_so_and_exits_zero() {
     assert!(!text.contains("wgpu:0"), "{text}");
     assert!(text.contains("wgpu: no adapter found"), "{text}");
 }
+
+mod quantize {
+    use super::kiln;
+    use kiln_quant::GgmlType;
+    use kiln_quant::blocks::quantize_to_vec;
+    use kiln_quant::gguf::{GgufFile, Metadata, TensorToWrite, Value, write_gguf_file};
+    use std::path::{Path, PathBuf};
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("kiln-q-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A tiny Llama-like model: tied embeddings, a norm, an FFN weight, all F32 (or `ffn` as
+    /// Q8_0).
+    fn write_model(path: &Path, ffn_q8: bool) {
+        let f = |n: usize, s: f32| -> Vec<u8> {
+            (0..n)
+                .flat_map(|i| ((i as f32 * s).sin()).to_le_bytes())
+                .collect()
+        };
+        let (emb, norm) = (f(64 * 256, 0.37), f(256, 0.11));
+        let ffn_f32: Vec<f32> = (0..32 * 256).map(|i| (i as f32 * 0.05).cos()).collect();
+        let (ffn, ffn_ty) = if ffn_q8 {
+            (
+                quantize_to_vec(GgmlType::Q8_0, &ffn_f32).unwrap(),
+                GgmlType::Q8_0,
+            )
+        } else {
+            (
+                ffn_f32.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                GgmlType::F32,
+            )
+        };
+        let mut md = Metadata::default();
+        md.insert("general.architecture".into(), Value::String("llama".into()))
+            .unwrap();
+        let tensors = [
+            TensorToWrite {
+                name: "token_embd.weight",
+                dims: &[256, 64],
+                ty: GgmlType::F32,
+                data: &emb,
+            },
+            TensorToWrite {
+                name: "blk.0.attn_norm.weight",
+                dims: &[256],
+                ty: GgmlType::F32,
+                data: &norm,
+            },
+            TensorToWrite {
+                name: "blk.0.ffn_down.weight",
+                dims: &[256, 32],
+                ty: ffn_ty,
+                data: &ffn,
+            },
+        ];
+        write_gguf_file(path, &md, &tensors).unwrap();
+    }
+
+    fn types(path: &Path) -> Vec<(String, GgmlType)> {
+        GgufFile::open(path)
+            .unwrap()
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.ty))
+            .collect()
+    }
+
+    #[test]
+    fn quantize_follows_llama_cpp_conventions_and_reports_per_tensor() {
+        let d = dir("conv");
+        let (input, output) = (d.join("in.gguf"), d.join("out.gguf"));
+        write_model(&input, false);
+        let out = kiln(&[
+            "quantize",
+            input.to_str().unwrap(),
+            output.to_str().unwrap(),
+            "--type",
+            "q4_k",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.contains("blk.0.ffn_down.weight") && text.contains("rmse"),
+            "{text}"
+        );
+        assert_eq!(
+            types(&output),
+            vec![
+                ("token_embd.weight".into(), GgmlType::Q6_K), // tied output projection
+                ("blk.0.attn_norm.weight".into(), GgmlType::F32), // 1-D: kept
+                ("blk.0.ffn_down.weight".into(), GgmlType::Q4_K),
+            ]
+        );
+        let md = GgufFile::open(&output).unwrap().metadata;
+        assert_eq!(md.u32("general.file_type").unwrap(), 14);
+        assert_eq!(md.u32("general.quantization_version").unwrap(), 2);
+
+        // --pure: the output projection too.
+        let pure = d.join("pure.gguf");
+        let out = kiln(&[
+            "quantize",
+            input.to_str().unwrap(),
+            pure.to_str().unwrap(),
+            "--type",
+            "q4_k",
+            "--pure",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(types(&pure)[0].1, GgmlType::Q4_K);
+
+        // An existing output is not replaced without --overwrite.
+        let out = kiln(&[
+            "quantize",
+            input.to_str().unwrap(),
+            output.to_str().unwrap(),
+            "--type",
+            "q8_0",
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--overwrite"));
+        assert_eq!(types(&output)[2].1, GgmlType::Q4_K, "untouched");
+        let out = kiln(&[
+            "quantize",
+            input.to_str().unwrap(),
+            output.to_str().unwrap(),
+            "--type",
+            "q8_0",
+            "--overwrite",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(types(&output)[2].1, GgmlType::Q8_0);
+        assert!(!d.join(".out.gguf.partial").exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn requantizing_needs_allow_requantize() {
+        let d = dir("req");
+        let (input, output) = (d.join("in.gguf"), d.join("out.gguf"));
+        write_model(&input, true);
+        let out = kiln(&[
+            "quantize",
+            input.to_str().unwrap(),
+            output.to_str().unwrap(),
+            "--type",
+            "q4_0",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            err.contains("blk.0.ffn_down.weight") && err.contains("--allow-requantize"),
+            "{err}"
+        );
+        assert!(!output.exists());
+        let out = kiln(&[
+            "quantize",
+            input.to_str().unwrap(),
+            output.to_str().unwrap(),
+            "--type",
+            "q4_0",
+            "--allow-requantize",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(types(&output)[2].1, GgmlType::Q4_0);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn bad_quantize_requests_are_usage_errors() {
+        let d = dir("bad");
+        let input = d.join("in.gguf");
+        write_model(&input, false);
+        let i = input.to_str().unwrap();
+        for args in [
+            vec!["quantize", i, "/tmp/x.gguf", "--type", "q9_9"],
+            vec!["quantize", i, "/tmp/x.gguf", "--type", "iq2_xxs"],
+            vec!["quantize", i, i, "--type", "q8_0", "--overwrite"],
+        ] {
+            let out = kiln(&args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+            let err = String::from_utf8(out.stderr).unwrap();
+            assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        }
+        // A missing flag: clap's usage error (status 2, names the flag).
+        let out = kiln(&["quantize", i, "/tmp/x.gguf"]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--type"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -110,7 +110,7 @@ pub(super) fn dequantize_q3_k(bytes: &[u8], out: &mut [f32]) {
 }
 
 /// Scale and min of sub-block `j` (0..8) from the 12 packed bytes (ggml `get_scale_min_k4`).
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

@@ -3,6 +3,7 @@
 //! against gguf-py's `gguf.quants`.
 
 mod float;
+mod k_quantize;
 mod k_quants;
 mod q4;
 mod q5;
@@ -33,7 +34,8 @@ pub const DEQUANTIZE_TYPES: &[GgmlType] = &[
     GgmlType::Q8_K,
 ];
 
-/// The types [`quantize`] handles (bit-exact with gguf-py's `gguf.quants.quantize`).
+/// The types [`quantize`] handles: bit-exact with gguf-py's `gguf.quants.quantize` for the
+/// plain and 32-element formats; the K-quants port llama.cpp's reference quantizers.
 pub const QUANTIZE_TYPES: &[GgmlType] = &[
     GgmlType::F32,
     GgmlType::F16,
@@ -43,6 +45,11 @@ pub const QUANTIZE_TYPES: &[GgmlType] = &[
     GgmlType::Q5_0,
     GgmlType::Q5_1,
     GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
 ];
 
 /// Expands `bytes` (whole blocks of `ty`) into `out`, one f32 per element.
@@ -105,6 +112,11 @@ pub fn quantize(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<()> {
         GgmlType::Q5_0 => q5::quantize_q5_0(x, out),
         GgmlType::Q5_1 => q5::quantize_q5_1(x, out),
         GgmlType::Q8_0 => q8_0::quantize(x, out),
+        GgmlType::Q2_K => k_quantize::quantize_q2_k(x, out),
+        GgmlType::Q3_K => k_quantize::quantize_q3_k(x, out),
+        GgmlType::Q4_K => k_quantize::quantize_q4_k(x, out),
+        GgmlType::Q5_K => k_quantize::quantize_q5_k(x, out),
+        GgmlType::Q6_K => k_quantize::quantize_q6_k(x, out),
         ty => return Err(Error::Unsupported { ty, op: "quantize" }),
     }
     Ok(())
