@@ -26,6 +26,8 @@ fn bench_dequantize(c: &mut Criterion) {
 
 fn bench_quantize(c: &mut Criterion) {
     let mut group = c.benchmark_group("quantize_cpu");
+    // The K-quant searches take about a second per Llama-1B FFN weight.
+    group.sample_size(10);
     for (label, n) in SHAPES {
         let x: Vec<f32> = (0..n)
             .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)

@@ -144,6 +144,18 @@ mod quantize {
         write_gguf_file(path, &md, &tensors).unwrap();
     }
 
+    /// `kiln quantize IN OUT --type TYPE EXTRA...`
+    fn quantize(input: &Path, output: &Path, ty: &str, extra: &[&str]) -> std::process::Output {
+        let mut args = vec![
+            "quantize",
+            input.to_str().unwrap(),
+            output.to_str().unwrap(),
+        ];
+        args.extend(["--type", ty]);
+        args.extend(extra);
+        kiln(&args)
+    }
+
     fn types(path: &Path) -> Vec<(String, GgmlType)> {
         GgufFile::open(path)
             .unwrap()
@@ -158,13 +170,7 @@ mod quantize {
         let d = dir("conv");
         let (input, output) = (d.join("in.gguf"), d.join("out.gguf"));
         write_model(&input, false);
-        let out = kiln(&[
-            "quantize",
-            input.to_str().unwrap(),
-            output.to_str().unwrap(),
-            "--type",
-            "q4_k",
-        ]);
+        let out = quantize(&input, &output, "q4_k", &[]);
         assert!(out.status.success(), "{out:?}");
         let text = String::from_utf8(out.stdout).unwrap();
         assert!(
@@ -185,36 +191,16 @@ mod quantize {
 
         // --pure: the output projection too.
         let pure = d.join("pure.gguf");
-        let out = kiln(&[
-            "quantize",
-            input.to_str().unwrap(),
-            pure.to_str().unwrap(),
-            "--type",
-            "q4_k",
-            "--pure",
-        ]);
+        let out = quantize(&input, &pure, "q4_k", &["--pure"]);
         assert!(out.status.success(), "{out:?}");
         assert_eq!(types(&pure)[0].1, GgmlType::Q4_K);
 
         // An existing output is not replaced without --overwrite.
-        let out = kiln(&[
-            "quantize",
-            input.to_str().unwrap(),
-            output.to_str().unwrap(),
-            "--type",
-            "q8_0",
-        ]);
+        let out = quantize(&input, &output, "q8_0", &[]);
         assert_eq!(out.status.code(), Some(2), "{out:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("--overwrite"));
         assert_eq!(types(&output)[2].1, GgmlType::Q4_K, "untouched");
-        let out = kiln(&[
-            "quantize",
-            input.to_str().unwrap(),
-            output.to_str().unwrap(),
-            "--type",
-            "q8_0",
-            "--overwrite",
-        ]);
+        let out = quantize(&input, &output, "q8_0", &["--overwrite"]);
         assert!(out.status.success(), "{out:?}");
         assert_eq!(types(&output)[2].1, GgmlType::Q8_0);
         assert!(!d.join(".out.gguf.partial").exists());
@@ -226,13 +212,7 @@ mod quantize {
         let d = dir("req");
         let (input, output) = (d.join("in.gguf"), d.join("out.gguf"));
         write_model(&input, true);
-        let out = kiln(&[
-            "quantize",
-            input.to_str().unwrap(),
-            output.to_str().unwrap(),
-            "--type",
-            "q4_0",
-        ]);
+        let out = quantize(&input, &output, "q4_0", &[]);
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         let err = String::from_utf8(out.stderr).unwrap();
         assert!(
@@ -240,14 +220,7 @@ mod quantize {
             "{err}"
         );
         assert!(!output.exists());
-        let out = kiln(&[
-            "quantize",
-            input.to_str().unwrap(),
-            output.to_str().unwrap(),
-            "--type",
-            "q4_0",
-            "--allow-requantize",
-        ]);
+        let out = quantize(&input, &output, "q4_0", &["--allow-requantize"]);
         assert!(out.status.success(), "{out:?}");
         assert_eq!(types(&output)[2].1, GgmlType::Q4_0);
         std::fs::remove_dir_all(&d).unwrap();

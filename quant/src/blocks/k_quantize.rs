@@ -11,10 +11,15 @@ use super::k_quants::QK_K;
 /// ggml `GROUP_MAX_EPS`: a group whose largest magnitude is below this is all zero.
 const GROUP_MAX_EPS: f32 = 1e-15;
 
-/// ggml `nearest_int`: round half to even.
+/// ggml `nearest_int`: round half to even, by adding 1.5 * 2^23 and reading the mantissa (no
+/// libm call on x86-64 without SSE4.1). Out of its range (|v| > 2^22) it rounds the slow way.
 #[inline]
 fn nearest_int(v: f32) -> i32 {
-    v.round_ties_even() as i32
+    if v.abs() > 4_194_303.0 || v.is_nan() {
+        return v.round_ties_even() as i32;
+    }
+    let bits = (v + 12_582_912.0).to_bits() as i32;
+    (bits & 0x007f_ffff) - 0x0040_0000
 }
 
 fn f16_round_trip(v: f32) -> (f32, [u8; 2]) {
@@ -25,15 +30,8 @@ fn f16_round_trip(v: f32) -> (f32, [u8; 2]) {
 /// ggml `make_qx_quants` with `rmse_type = 1` and no importance weights: symmetric levels in
 /// `[0, 2 nmax)` (written to `levels` with the `nmax` offset), scale searched over 19 candidates.
 fn make_qx_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
+    let max = super::signed_absmax(x);
+    if max.abs() < GROUP_MAX_EPS {
         levels.fill(0);
         return 0.0;
     }
@@ -74,15 +72,8 @@ fn make_qx_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
 
 /// ggml `make_q3_quants` with `do_rmse`: levels in `[0, 2 nmax)`, refined coordinate-wise.
 fn make_q3_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
+    let max = super::signed_absmax(x);
+    if max.abs() < GROUP_MAX_EPS {
         levels.fill(0);
         return 0.0;
     }
@@ -509,5 +500,28 @@ trait MaxC {
 impl MaxC for f32 {
     fn max_c(self, v: f32) -> f32 {
         if v > self { v } else { self }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nearest_int_is_round_half_even() {
+        for v in [
+            -2.5f32,
+            -1.5,
+            -0.5,
+            0.5,
+            1.5,
+            2.5,
+            3.49,
+            -3.51,
+            0.0,
+            4_194_303.0,
+            1e7,
+            -1e7,
+        ] {
+            assert_eq!(super::nearest_int(v), v.round_ties_even() as i32, "{v}");
+        }
     }
 }

@@ -179,3 +179,21 @@ pub(super) fn dequantize_q8_k(bytes: &[u8], out: &mut [f32]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// gguf-py has no Q8_K codec; ggml `dequantize_row_q8_K` is `y = d * q`.
+    #[test]
+    fn q8_k_is_scale_times_byte() {
+        let mut block = vec![0u8; 292];
+        block[..4].copy_from_slice(&0.5f32.to_le_bytes());
+        for (i, b) in block[4..260].iter_mut().enumerate() {
+            *b = (i as i8).wrapping_sub(100) as u8;
+        }
+        let mut y = vec![0.0f32; 256];
+        super::dequantize_q8_k(&block, &mut y);
+        for (i, v) in y.iter().enumerate() {
+            assert_eq!(*v, 0.5 * f32::from((i as i8).wrapping_sub(100)), "{i}");
+        }
+    }
+}

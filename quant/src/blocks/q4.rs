@@ -48,7 +48,7 @@ pub(super) fn quantize_q4_0(x: &[f32], out: &mut [u8]) {
         let max = super::signed_absmax(x);
         let d = max / -8.0;
         let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-        let q = |v: f32| ((v * id + 8.5).trunc() as u8).min(15);
+        let q = |v: f32| ((v * id + 8.5) as u8).min(15);
         block[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
         for j in 0..16 {
             block[2 + j] = q(x[j]) | (q(x[j + 16]) << 4);
@@ -62,7 +62,7 @@ pub(super) fn quantize_q4_1(x: &[f32], out: &mut [u8]) {
         let (min, max) = super::min_max(x);
         let d = (max - min) / 15.0;
         let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-        let q = |v: f32| (((v - min) * id + 0.5).trunc() as u8).min(15);
+        let q = |v: f32| (((v - min) * id + 0.5) as u8).min(15);
         block[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
         block[2..4].copy_from_slice(&f16::from_f32(min).to_le_bytes());
         for j in 0..16 {

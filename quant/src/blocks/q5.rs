@@ -70,7 +70,7 @@ pub(super) fn quantize_q5_0(x: &[f32], out: &mut [u8]) {
         let max = super::signed_absmax(x);
         let d = max / -16.0;
         let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-        let q: [u8; 32] = std::array::from_fn(|j| ((x[j] * id + 16.5).trunc() as u8).min(31));
+        let q: [u8; 32] = std::array::from_fn(|j| ((x[j] * id + 16.5) as u8).min(31));
         block[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
         pack(&q, &mut block[2..]);
     }
@@ -82,8 +82,7 @@ pub(super) fn quantize_q5_1(x: &[f32], out: &mut [u8]) {
         let (min, max) = super::min_max(x);
         let d = (max - min) / 31.0;
         let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-        let q: [u8; 32] =
-            std::array::from_fn(|j| (((x[j] - min) * id + 0.5).trunc() as u8).min(31));
+        let q: [u8; 32] = std::array::from_fn(|j| (((x[j] - min) * id + 0.5) as u8).min(31));
         block[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
         block[2..4].copy_from_slice(&f16::from_f32(min).to_le_bytes());
         pack(&q, &mut block[4..]);

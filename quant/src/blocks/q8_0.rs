@@ -28,7 +28,37 @@ pub(super) fn quantize(x: &[f32], out: &mut [u8]) {
         let id = if d == 0.0 { 0.0 } else { 1.0 / d };
         block[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
         for (o, &v) in block[2..].iter_mut().zip(x) {
-            *o = ((v * id).round() as i8) as u8;
+            *o = round_half_away(v * id) as i8 as u8;
         }
+    }
+}
+
+/// `f32::round` (half away from zero) for |r| < 2^31, without a libm call: truncate, then step
+/// away from zero when the dropped fraction is at least one half (both steps are exact).
+#[inline]
+fn round_half_away(r: f32) -> i32 {
+    let t = r as i32;
+    let frac = r - t as f32;
+    if frac >= 0.5 {
+        t + 1
+    } else if frac <= -0.5 {
+        t - 1
+    } else {
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn round_half_away_matches_f32_round() {
+        let mut v = -130.0f32;
+        while v < 130.0 {
+            for r in [v, v.next_up(), v.next_down()] {
+                assert_eq!(super::round_half_away(r), r.round() as i32, "{r}");
+            }
+            v += 0.125;
+        }
+        assert_eq!(super::round_half_away(0.49999997), 0);
     }
 }
