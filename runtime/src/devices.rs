@@ -7,6 +7,7 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use serde::Serialize;
+use sysinfo::System;
 
 use crate::{Result, RuntimeError};
 
@@ -184,8 +185,6 @@ impl CpuInfo {
         }
     }
 }
-
-use sysinfo::System;
 
 /// Limits of a GPU that matter to Kiln's kernels.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
