@@ -14,6 +14,8 @@
 //! `attn_v`/`ffn_down` layers more bits): `--type q4_k` is Q4_K everywhere but the output.
 //! `pure` turns the output rule off too, like `llama-quantize --pure`.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use crate::blocks::{QUANTIZE_TYPES, dequantize, quantize};
@@ -147,13 +149,14 @@ pub fn plan(file: &GgufFile, opts: &ConvertOptions) -> Result<Vec<TensorPlan>> {
 const CHUNK: usize = 256 * 64;
 
 /// Converts one tensor's bytes from `from` to `to`, and measures the error it introduced.
-pub fn convert_tensor(
+/// A tensor whose type does not change is borrowed, not copied.
+pub fn convert_tensor<'a>(
     name: &str,
     from: GgmlType,
     to: GgmlType,
-    bytes: &[u8],
+    bytes: &'a [u8],
     n_elements: u64,
-) -> Result<(Vec<u8>, TensorReport)> {
+) -> Result<(Cow<'a, [u8]>, TensorReport)> {
     let mut report = TensorReport {
         name: name.to_string(),
         from,
@@ -165,7 +168,7 @@ pub fn convert_tensor(
         sum_sq_input: 0.0,
     };
     if from == to {
-        return Ok((bytes.to_vec(), report));
+        return Ok((Cow::Borrowed(bytes), report));
     }
     let n = usize::try_from(n_elements).map_err(|_| Error::ShapeOverflow {
         tensor: name.to_string(),
@@ -209,7 +212,7 @@ pub fn convert_tensor(
     report.bytes_after = out_len as u64;
     report.rmse = (err / n.max(1) as f64).sqrt();
     report.sum_sq_input = sq;
-    Ok((out, report))
+    Ok((Cow::Owned(out), report))
 }
 
 /// The metadata of the converted file: the input's, with llama.cpp's file type and quantization
@@ -241,7 +244,8 @@ mod tests {
     fn same_type_is_a_byte_copy() {
         let bytes = vec![1u8; 34];
         let (out, r) = convert_tensor("w", GgmlType::Q8_0, GgmlType::Q8_0, &bytes, 32).unwrap();
-        assert_eq!(out, bytes);
+        assert!(matches!(out, Cow::Borrowed(_)));
+        assert_eq!(&out[..], &bytes[..]);
         assert_eq!(r.rmse, 0.0);
     }
 }

@@ -223,12 +223,9 @@ pub struct DeviceInfo {
 #[derive(Clone, Debug, PartialEq)]
 enum Selector {
     Flex,
+    /// cubecl's per-type adapter selector; the graphics API is `DeviceInfo::api`.
     #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
-    Wgpu {
-        /// cubecl's per-type adapter selector.
-        kind: WgpuKind,
-        api: String,
-    },
+    Wgpu(WgpuKind),
     Cuda(usize),
 }
 
@@ -267,9 +264,9 @@ impl DeviceInfo {
         match &self.selector {
             Selector::Flex => Ok(burn::tensor::Device::flex()),
             #[cfg(feature = "wgpu")]
-            Selector::Wgpu { kind, api } => Ok(wgpu_probe::burn_device(*kind, api)),
+            Selector::Wgpu(kind) => Ok(wgpu_probe::burn_device(*kind, &self.api)),
             #[cfg(not(feature = "wgpu"))]
-            Selector::Wgpu { .. } => Err(RuntimeError::Device {
+            Selector::Wgpu(_) => Err(RuntimeError::Device {
                 id: self.id.to_string(),
                 reason: "this build of Kiln has no wgpu support".into(),
             }),
@@ -531,10 +528,7 @@ mod wgpu_probe {
                 subgroup_size: subgroups
                     .then_some((info.subgroup_min_size, info.subgroup_max_size)),
                 cpu: None,
-                selector: Selector::Wgpu {
-                    kind,
-                    api: api.to_str().to_string(),
-                },
+                selector: Selector::Wgpu(kind),
             });
         }
         let notes = if out.iter().all(|d| d.class == DeviceClass::SoftwareGpu) {

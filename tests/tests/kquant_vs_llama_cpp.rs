@@ -4,23 +4,27 @@
 //! Kiln's total RMSE over the same tensors must be within 1% of it.
 
 use kiln_quant::GgmlType;
-use kiln_quant::blocks::dequantize_to_vec;
 use kiln_quant::convert::convert_tensor;
 use kiln_quant::gguf::GgufFile;
 use kiln_tests::fixture;
 
-#[test]
-fn kquant_rmse_within_1_percent_of_llama_quantize() {
-    let Some(path) = fixture("smollm2-q4_1") else {
-        return;
-    };
-    let file = GgufFile::open(&path).unwrap();
+/// The fixture and what the script recorded of llama-quantize (`None` when the fixture is
+/// missing locally).
+fn fixture_and_llama_cpp() -> Option<(GgufFile, serde_json::Value)> {
+    let file = GgufFile::open(fixture("smollm2-q4_1")?).unwrap();
     let json = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../quant/tests/data/llama_cpp_kquants.json"
     );
-    let seen: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let seen = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    Some((file, seen))
+}
+
+#[test]
+fn kquant_rmse_within_1_percent_of_llama_quantize() {
+    let Some((file, seen)) = fixture_and_llama_cpp() else {
+        return;
+    };
     let types = seen["types"].as_object().unwrap();
     assert_eq!(types.len(), 5, "Q2_K..Q6_K");
     for (name, tensors) in types {
@@ -33,10 +37,10 @@ fn kquant_rmse_within_1_percent_of_llama_quantize() {
         );
         for (tensor, row) in tensors {
             let info = file.tensor(tensor).unwrap();
-            let f32s = dequantize_to_vec(info.ty, file.tensor_data(info)).unwrap();
-            let bytes: Vec<u8> = f32s.iter().flat_map(|v| v.to_le_bytes()).collect();
+            // Dequantize to f32, then quantize: what the reference did through an f32 file.
             let (_, report) =
-                convert_tensor(tensor, GgmlType::F32, ty, &bytes, info.n_elements).unwrap();
+                convert_tensor(tensor, info.ty, ty, file.tensor_data(info), info.n_elements)
+                    .unwrap();
             let n = row["n"].as_u64().unwrap();
             assert_eq!(n, info.n_elements, "{tensor}");
             let llama = row["rmse"].as_f64().unwrap();
@@ -66,16 +70,9 @@ fn quantized_tensors_are_byte_identical_to_llama_quantize() {
     use kiln_quant::convert::{ConvertOptions, plan};
     use sha2::{Digest, Sha256};
 
-    let Some(path) = fixture("smollm2-q4_1") else {
+    let Some((file, seen)) = fixture_and_llama_cpp() else {
         return;
     };
-    let file = GgufFile::open(&path).unwrap();
-    let json = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../quant/tests/data/llama_cpp_kquants.json"
-    );
-    let seen: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     let cases = seen["identical"].as_object().unwrap();
     assert_eq!(cases.len(), 11);
     for (case, want) in cases {
