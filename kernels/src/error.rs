@@ -22,6 +22,8 @@ pub enum KernelError {
         len: usize,
         expected: u64,
     },
+    #[error("{0}")]
+    Shape(String),
     #[error(transparent)]
     Quant(#[from] kiln_quant::Error),
     #[error("reading a tensor back from the device failed: {0}")]

@@ -5,10 +5,13 @@
 //! Quantized weights stay in their GGUF blocks on the device ([`QTensor`]); kernels read the
 //! blocks directly.
 
+pub mod cpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube_util;
 pub mod dequant;
 mod error;
+pub mod nn;
+pub mod qmatmul;
 mod qtensor;
 
 pub use error::{KernelError, Result};

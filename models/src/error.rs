@@ -13,6 +13,12 @@ pub enum ModelError {
     },
     #[error("unsupported architecture {0:?}")]
     Architecture(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("{tensor}: missing from the model file")]
+    MissingTensor { tensor: String },
     #[error(transparent)]
     Quant(#[from] kiln_quant::Error),
     #[error(transparent)]

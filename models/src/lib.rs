@@ -2,8 +2,8 @@
 //! DREAM, COPE, InterBERT), their weight loading (GGUF, safetensors), tokenizers and image
 //! preprocessing. No CLI and no I/O beyond reading model files.
 //!
-//! The architectures arrive with their issues; this crate holds their shared error type now.
-
 mod error;
+pub mod llama;
+pub mod tokenizer;
 
 pub use error::{ModelError, Result};

@@ -1,0 +1,318 @@
+//! x86-64 dot products (AVX2 + FMA + F16C, and the same with AVX-512 VNNI's `vpdpbusd` for the
+//! 8-bit multiply-adds). Ports of ggml-cpu `arch/x86/quants.c` `ggml_vec_dot_*` (AVX2 branches);
+//! each matches [`super::dot_scalar`] up to float summation order (tests in `cpu/mod.rs`).
+//!
+//! One macro writes both variants so that every helper is compiled with the caller's target
+//! features and inlines.
+
+macro_rules! x86_dots {
+    ($module:ident, $features:literal, $vnni:literal) => {
+        pub mod $module {
+            use core::arch::x86_64::*;
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn f16_to_f32(bits: u16) -> f32 {
+                _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn f16_at(p: *const u8) -> f32 {
+                // SAFETY: the caller points at two readable bytes.
+                f16_to_f32(unsafe { core::ptr::read_unaligned(p as *const u16) })
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn hsum_f32_8(x: __m256) -> f32 {
+                let mut r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+                r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+                r = _mm_add_ss(r, _mm_movehdup_ps(r));
+                _mm_cvtss_f32(r)
+            }
+
+            /// Σ over pairs of u8 × i8 products, as 8 f32 lanes.
+            #[inline]
+            #[target_feature(enable = $features)]
+            #[allow(unused_unsafe)]
+            fn mul_sum_us8_pairs(ax: __m256i, sy: __m256i) -> __m256 {
+                if $vnni {
+                    // SAFETY: only reached in the module compiled with avx512vnni + avx512vl.
+                    let dot = unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy) };
+                    _mm256_cvtepi32_ps(dot)
+                } else {
+                    let dot = _mm256_maddubs_epi16(ax, sy);
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, _mm256_set1_epi16(1)))
+                }
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn mul_sum_i8_pairs(x: __m256i, y: __m256i) -> __m256 {
+                let ax = _mm256_sign_epi8(x, x);
+                let sy = _mm256_sign_epi8(y, x);
+                mul_sum_us8_pairs(ax, sy)
+            }
+
+            /// 32 nibbles of a Q4 block as bytes: low nibbles first, then high nibbles.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn nibbles_32(p: *const u8) -> __m256i {
+                // SAFETY: the caller points at 16 readable bytes.
+                let tmp = unsafe { _mm_loadu_si128(p as *const __m128i) };
+                let both = _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp);
+                _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+            }
+
+            /// # Safety
+            /// `w` and `a` hold `k` values (whole blocks); the CPU has the module's features.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_0(k: usize, w: &[u8], a: &[u8]) -> f32 {
+                debug_assert!(w.len() >= k / 32 * 18 && a.len() >= k / 32 * 34);
+                let mut acc = _mm256_setzero_ps();
+                for i in 0..k / 32 {
+                    // SAFETY: block i of both rows is in bounds (asserted lengths).
+                    unsafe {
+                        let x = w.as_ptr().add(18 * i);
+                        let y = a.as_ptr().add(34 * i);
+                        let d = _mm256_set1_ps(f16_at(x) * f16_at(y));
+                        let qx = _mm256_sub_epi8(nibbles_32(x.add(2)), _mm256_set1_epi8(8));
+                        let qy = _mm256_loadu_si256(y.add(2) as *const __m256i);
+                        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs(qx, qy), acc);
+                    }
+                }
+                hsum_f32_8(acc)
+            }
+
+            /// # Safety
+            /// As [`q4_0`].
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_1(k: usize, w: &[u8], a: &[u8]) -> f32 {
+                debug_assert!(w.len() >= k / 32 * 20 && a.len() >= k / 32 * 36);
+                let mut acc = _mm256_setzero_ps();
+                let mut summs = 0.0f32;
+                for i in 0..k / 32 {
+                    // SAFETY: block i of both rows is in bounds.
+                    unsafe {
+                        let x = w.as_ptr().add(20 * i);
+                        let y = a.as_ptr().add(36 * i);
+                        summs += f16_at(x.add(2)) * f16_at(y.add(2));
+                        let d = _mm256_set1_ps(f16_at(x) * f16_at(y));
+                        let qx = nibbles_32(x.add(4));
+                        let qy = _mm256_loadu_si256(y.add(4) as *const __m256i);
+                        acc = _mm256_fmadd_ps(d, mul_sum_us8_pairs(qx, qy), acc);
+                    }
+                }
+                hsum_f32_8(acc) + summs
+            }
+
+            /// # Safety
+            /// As [`q4_0`].
+            #[target_feature(enable = $features)]
+            pub unsafe fn q8_0(k: usize, w: &[u8], a: &[u8]) -> f32 {
+                debug_assert!(w.len() >= k / 32 * 34 && a.len() >= k / 32 * 34);
+                let mut acc = _mm256_setzero_ps();
+                for i in 0..k / 32 {
+                    // SAFETY: block i of both rows is in bounds.
+                    unsafe {
+                        let x = w.as_ptr().add(34 * i);
+                        let y = a.as_ptr().add(34 * i);
+                        let d = _mm256_set1_ps(f16_at(x) * f16_at(y));
+                        let qx = _mm256_loadu_si256(x.add(2) as *const __m256i);
+                        let qy = _mm256_loadu_si256(y.add(2) as *const __m256i);
+                        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs(qx, qy), acc);
+                    }
+                }
+                hsum_f32_8(acc)
+            }
+
+            /// # Safety
+            /// As [`q4_0`].
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_k(k: usize, w: &[u8], a: &[u8]) -> f32 {
+                debug_assert!(w.len() >= k / 256 * 144 && a.len() >= k / 256 * 292);
+                let m4 = _mm256_set1_epi8(0x0F);
+                let mut acc = _mm256_setzero_ps();
+                let mut acc_m = _mm_setzero_ps();
+                for i in 0..k / 256 {
+                    let xb = &w[144 * i..144 * (i + 1)];
+                    let yb = &a[292 * i..292 * (i + 1)];
+                    let dy = f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]);
+                    // SAFETY: xb has 144 bytes.
+                    let (dx, dmx) = unsafe { (f16_at(xb.as_ptr()), f16_at(xb.as_ptr().add(2))) };
+                    let d = dy * dx;
+                    let dmin = -dy * dmx;
+                    let (sc, mins) = crate::cpu::dot_scalar::q4k_scales_mins(&xb[4..16]);
+                    // SAFETY: all loads below stay inside xb (144 bytes) and yb (292 bytes).
+                    unsafe {
+                        let mins16 =
+                            _mm_cvtepu8_epi16(_mm_loadl_epi64(mins.as_ptr() as *const __m128i));
+                        let q8sums = _mm256_loadu_si256(yb.as_ptr().add(260) as *const __m256i);
+                        let q8s = _mm_hadd_epi16(
+                            _mm256_castsi256_si128(q8sums),
+                            _mm256_extracti128_si256(q8sums, 1),
+                        );
+                        let prod = _mm_madd_epi16(mins16, q8s);
+                        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
+
+                        let mut sumi = _mm256_setzero_si256();
+                        let mut q4 = xb.as_ptr().add(16);
+                        let mut q8 = yb.as_ptr().add(4);
+                        for j in 0..4 {
+                            let scale_l = _mm256_set1_epi16(i16::from(sc[2 * j]));
+                            let scale_h = _mm256_set1_epi16(i16::from(sc[2 * j + 1]));
+                            let q4bits = _mm256_loadu_si256(q4 as *const __m256i);
+                            q4 = q4.add(32);
+                            let q4l = _mm256_and_si256(q4bits, m4);
+                            let q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
+                            let q8l = _mm256_loadu_si256(q8 as *const __m256i);
+                            let q8h = _mm256_loadu_si256(q8.add(32) as *const __m256i);
+                            q8 = q8.add(64);
+                            let p16l = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(q4l, q8l));
+                            let p16h = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(q4h, q8h));
+                            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16l, p16h));
+                        }
+                        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+                    }
+                }
+                let mut m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+                m = _mm_add_ss(m, _mm_movehdup_ps(m));
+                hsum_f32_8(acc) + _mm_cvtss_f32(m)
+            }
+
+            /// # Safety
+            /// As [`q4_0`].
+            #[target_feature(enable = $features)]
+            pub unsafe fn q6_k(k: usize, w: &[u8], a: &[u8]) -> f32 {
+                debug_assert!(w.len() >= k / 256 * 210 && a.len() >= k / 256 * 292);
+                let m4 = _mm256_set1_epi8(0x0F);
+                let m2 = _mm256_set1_epi8(3);
+                let m32s = _mm256_set1_epi8(32);
+                let mut acc = _mm256_setzero_ps();
+                for i in 0..k / 256 {
+                    let xb = &w[210 * i..210 * (i + 1)];
+                    let yb = &a[292 * i..292 * (i + 1)];
+                    let dy = f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]);
+                    // SAFETY: xb has 210 bytes.
+                    let d = dy * unsafe { f16_at(xb.as_ptr().add(208)) };
+                    let scales = &xb[192..208];
+                    let pair = |s: usize| {
+                        _mm256_set_m128i(
+                            _mm_set1_epi16(i16::from(scales[s + 1] as i8)),
+                            _mm_set1_epi16(i16::from(scales[s] as i8)),
+                        )
+                    };
+                    // SAFETY: all loads below stay inside xb (210 bytes) and yb (292 bytes).
+                    unsafe {
+                        let mut sumi = _mm256_setzero_si256();
+                        let mut ql = xb.as_ptr();
+                        let mut qh = xb.as_ptr().add(128);
+                        let mut q8 = yb.as_ptr().add(4);
+                        for j in 0..2 {
+                            let hbits = _mm256_loadu_si256(qh as *const __m256i);
+                            qh = qh.add(32);
+                            let h0 = _mm256_slli_epi16(_mm256_and_si256(hbits, m2), 4);
+                            let h1 = _mm256_slli_epi16(
+                                _mm256_and_si256(_mm256_srli_epi16(hbits, 2), m2),
+                                4,
+                            );
+                            let h2 = _mm256_slli_epi16(
+                                _mm256_and_si256(_mm256_srli_epi16(hbits, 4), m2),
+                                4,
+                            );
+                            let h3 = _mm256_slli_epi16(
+                                _mm256_and_si256(_mm256_srli_epi16(hbits, 6), m2),
+                                4,
+                            );
+                            let b1 = _mm256_loadu_si256(ql as *const __m256i);
+                            let b2 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+                            ql = ql.add(64);
+                            let q = [
+                                _mm256_or_si256(_mm256_and_si256(b1, m4), h0),
+                                _mm256_or_si256(_mm256_and_si256(b2, m4), h1),
+                                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4), h2),
+                                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4), h3),
+                            ];
+                            for (t, q) in q.into_iter().enumerate() {
+                                let y = _mm256_loadu_si256(q8 as *const __m256i);
+                                q8 = q8.add(32);
+                                let p = _mm256_sub_epi16(
+                                    _mm256_maddubs_epi16(q, y),
+                                    _mm256_maddubs_epi16(m32s, y),
+                                );
+                                let s = pair(8 * j + 2 * t);
+                                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s, p));
+                            }
+                        }
+                        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+                    }
+                }
+                hsum_f32_8(acc)
+            }
+
+            /// # Safety
+            /// `w` and `a` hold `k` f16 values each; the CPU has the module's features.
+            #[target_feature(enable = $features)]
+            pub unsafe fn f16(k: usize, w: &[u8], a: &[u8]) -> f32 {
+                assert!(w.len() >= 2 * k && a.len() >= 2 * k);
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let (wp, ap) = (w.as_ptr() as *const __m128i, a.as_ptr() as *const __m128i);
+                let full = k / 32;
+                // SAFETY: 32 values (64 bytes) per step, `full` steps are in bounds.
+                unsafe {
+                    for i in 0..full {
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let x = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(4 * i + r)));
+                            let y = _mm256_cvtph_ps(_mm_loadu_si128(ap.add(4 * i + r)));
+                            *acc = _mm256_fmadd_ps(x, y, *acc);
+                        }
+                    }
+                }
+                let sum =
+                    _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+                let mut s = hsum_f32_8(sum);
+                for i in 32 * full..k {
+                    // SAFETY: i < k.
+                    unsafe { s += f16_at(w.as_ptr().add(2 * i)) * f16_at(a.as_ptr().add(2 * i)) };
+                }
+                s
+            }
+
+            /// # Safety
+            /// `w` and `a` hold `k` f32 values each; the CPU has the module's features.
+            #[target_feature(enable = $features)]
+            pub unsafe fn f32(k: usize, w: &[u8], a: &[u8]) -> f32 {
+                assert!(w.len() >= 4 * k && a.len() >= 4 * k);
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let (wp, ap) = (w.as_ptr() as *const f32, a.as_ptr() as *const f32);
+                let full = k / 32;
+                // SAFETY: 32 values per step, `full` steps are in bounds.
+                unsafe {
+                    for i in 0..full {
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let x = _mm256_loadu_ps(wp.add(32 * i + 8 * r));
+                            let y = _mm256_loadu_ps(ap.add(32 * i + 8 * r));
+                            *acc = _mm256_fmadd_ps(x, y, *acc);
+                        }
+                    }
+                }
+                let sum =
+                    _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+                let mut s = hsum_f32_8(sum);
+                for i in 32 * full..k {
+                    // SAFETY: i < k.
+                    unsafe { s += *wp.add(i) * *ap.add(i) };
+                }
+                s
+            }
+        }
+    };
+}
+
+x86_dots!(avx2, "avx2,fma,f16c", false);
+x86_dots!(
+    avx512vnni,
+    "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
+    true
+);

@@ -1,0 +1,355 @@
+//! Kiln's CPU kernels: quantized matrix products over GGML blocks with activations quantized on
+//! the fly ([`act`]), in a scalar reference ([`dot_scalar`]) and SIMD versions selected at run
+//! time ([`Isa`]), spread over the cores with rayon.
+
+pub mod act;
+pub mod dot_scalar;
+#[cfg(target_arch = "x86_64")]
+mod dot_x86;
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use kiln_quant::GgmlType;
+use rayon::prelude::*;
+
+pub use act::ActFormat;
+
+/// The instruction sets Kiln's CPU kernels are written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Portable Rust: the reference, and the fallback (also on ARM: NEON kernels are not written
+    /// yet).
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX2 kernels with AVX-512 VNNI's `vpdpbusd` for the 8-bit multiply-adds.
+    Avx512Vnni,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512vnni",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Isa::ALL.into_iter().find(|i| i.name() == name)
+    }
+
+    /// Whether this CPU can run the kernels.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                Isa::Avx2.available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The best instruction set this CPU has.
+    pub fn best() -> Self {
+        *Isa::ALL
+            .iter()
+            .rev()
+            .find(|i| i.available())
+            .unwrap_or(&Isa::Scalar)
+    }
+}
+
+static FORCED: AtomicU8 = AtomicU8::new(u8::MAX);
+
+/// Forces the kernels of one instruction set (tests, benchmarks), or back to automatic with
+/// `None`. Errors when this CPU lacks it.
+pub fn force_isa(isa: Option<Isa>) -> Result<(), crate::KernelError> {
+    match isa {
+        Some(i) if !i.available() => Err(crate::KernelError::UnsupportedDevice(format!(
+            "this CPU cannot run the {} kernels",
+            i.name()
+        ))),
+        Some(i) => {
+            FORCED.store(i as u8, Ordering::Relaxed);
+            Ok(())
+        }
+        None => {
+            FORCED.store(u8::MAX, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+}
+
+/// The instruction set in use: forced by [`force_isa`], else `KILN_CPU_ISA` (scalar, avx2,
+/// avx512vnni; ignored when unavailable), else the best this CPU has.
+pub fn active_isa() -> Isa {
+    let forced = FORCED.load(Ordering::Relaxed);
+    if let Some(&i) = Isa::ALL.get(forced as usize) {
+        return i;
+    }
+    static DEFAULT: OnceLock<Isa> = OnceLock::new();
+    *DEFAULT.get_or_init(|| {
+        std::env::var("KILN_CPU_ISA")
+            .ok()
+            .and_then(|n| Isa::from_name(&n))
+            .filter(|i| i.available())
+            .unwrap_or_else(Isa::best)
+    })
+}
+
+/// `dot(k, weight_row, activation_row)`: rows hold `k` values in their formats.
+pub type DotFn = fn(usize, &[u8], &[u8]) -> f32;
+
+/// The weight types with a CPU dot product.
+pub const MATMUL_TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+];
+
+/// The dot product of `isa` for weights of `ty`.
+pub fn dot_fn(isa: Isa, ty: GgmlType) -> Option<DotFn> {
+    macro_rules! pick {
+        ($m:path) => {{
+            use $m as m;
+            Some(match ty {
+                GgmlType::F32 => m::f32,
+                GgmlType::F16 => m::f16,
+                GgmlType::Q4_0 => m::q4_0,
+                GgmlType::Q4_1 => m::q4_1,
+                GgmlType::Q8_0 => m::q8_0,
+                GgmlType::Q4_K => m::q4_k,
+                GgmlType::Q6_K => m::q6_k,
+                _ => return None,
+            })
+        }};
+    }
+    match isa {
+        Isa::Scalar => pick!(dot_scalar),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.available() => pick!(safe_x86::avx2),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if isa.available() => pick!(safe_x86::avx512vnni),
+        _ => None,
+    }
+}
+
+/// Safe entry points to the SIMD dots: [`dot_fn`] hands them out only after checking the CPU,
+/// and [`qmatmul`] only passes whole rows.
+#[cfg(target_arch = "x86_64")]
+mod safe_x86 {
+    macro_rules! wrap {
+        ($isa:ident: $($f:ident),*) => {
+            pub mod $isa {
+                $(pub fn $f(k: usize, w: &[u8], a: &[u8]) -> f32 {
+                    // SAFETY: reached only through `dot_fn`, which checked that the CPU has the
+                    // features, with rows of `k` values from `qmatmul`.
+                    unsafe { super::super::dot_x86::$isa::$f(k, w, a) }
+                })*
+            }
+        };
+    }
+    wrap!(avx2: f32, f16, q4_0, q4_1, q8_0, q4_k, q6_k);
+    wrap!(avx512vnni: f32, f16, q4_0, q4_1, q8_0, q4_k, q6_k);
+}
+
+/// Why a product cannot run: the weight type, or a `k` that is not whole blocks.
+pub fn check(ty: GgmlType, k: usize) -> Result<ActFormat, String> {
+    let act = ActFormat::for_weights(ty).ok_or_else(|| format!("no CPU kernel for {ty}"))?;
+    if !k.is_multiple_of(ty.block_size()) || !k.is_multiple_of(act.block().0) {
+        return Err(format!(
+            "rows of {k} values are not whole {ty} blocks of {}",
+            ty.block_size()
+        ));
+    }
+    Ok(act)
+}
+
+/// `y[m, n] = x[m, k] · W[n, k]ᵀ`, `W` as `n` rows of GGML blocks of `ty` (`w`), `x` row-major.
+///
+/// Panics when the sizes disagree or [`check`] fails: callers validate user input first.
+pub fn qmatmul(
+    isa: Isa,
+    ty: GgmlType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+) -> Vec<f32> {
+    let act = check(ty, k).unwrap_or_else(|e| panic!("qmatmul: {e}"));
+    let dot =
+        dot_fn(isa, ty).unwrap_or_else(|| panic!("qmatmul: no {} kernel for {ty}", isa.name()));
+    let w_row = ty.block_bytes() * (k / ty.block_size());
+    assert_eq!(
+        w.len(),
+        n * w_row,
+        "qmatmul: weight bytes for [{n}, {k}] {ty}"
+    );
+    assert_eq!(x.len(), m * k, "qmatmul: activations for [{m}, {k}]");
+
+    let a_row = act.row_bytes(k);
+    let mut a = vec![0u8; m * a_row];
+    if m > 1 {
+        a.par_chunks_mut(a_row)
+            .zip(x.par_chunks(k))
+            .for_each(|(o, x)| act.quantize_row(x, o));
+    } else {
+        act.quantize_row(x, &mut a);
+    }
+
+    // Tasks of whole weight rows; each task writes its rows' outputs for every activation row,
+    // transposed ([n, m]), so that tasks own disjoint slices.
+    let threads = rayon::current_num_threads().max(1);
+    let rows_per_task = (n / (threads * 8)).clamp(4, 256);
+    let mut out_t = vec![0.0f32; n * m];
+    out_t
+        .par_chunks_mut(rows_per_task * m)
+        .enumerate()
+        .for_each(|(t, out)| {
+            let first = t * rows_per_task;
+            let rows = out.len() / m;
+            const TILE: usize = 8;
+            for r0 in (0..rows).step_by(TILE) {
+                let r1 = (r0 + TILE).min(rows);
+                for i in 0..m {
+                    let ai = &a[i * a_row..(i + 1) * a_row];
+                    for r in r0..r1 {
+                        let j = first + r;
+                        out[r * m + i] = dot(k, &w[j * w_row..(j + 1) * w_row], ai);
+                    }
+                }
+            }
+        });
+    if m == 1 {
+        return out_t;
+    }
+    let mut out = vec![0.0f32; m * n];
+    for (j, col) in out_t.chunks_exact(m).enumerate() {
+        for (i, v) in col.iter().enumerate() {
+            out[i * n + j] = *v;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|i| lcg(&mut s) * (1.0 + (i % 7) as f32))
+            .collect()
+    }
+
+    /// Dequantize-then-matmul in f64: the reference of every kernel.
+    fn reference(ty: GgmlType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
+        let wf = kiln_quant::blocks::dequantize_to_vec(ty, w).unwrap();
+        let mut y = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k)
+                    .map(|l| f64::from(wf[j * k + l]) * f64::from(x[i * k + l]))
+                    .sum();
+                y[i * n + j] = s as f32;
+            }
+        }
+        y
+    }
+
+    /// Every type, every ISA this CPU has, odd shapes: the kernels agree with the scalar dot
+    /// to float rounding, and with dequantize-then-matmul within the activation quantization's
+    /// error (llama.cpp's test-quantize-fns allows 0.02 per dot; normalized here by |x|·|w|).
+    #[test]
+    fn kernels_match_the_reference() {
+        for &ty in MATMUL_TYPES {
+            let kb = ty.block_size().max(32);
+            for &(m, n, kblocks) in &[(1, 1, 1), (1, 37, 3), (3, 13, 2), (17, 5, 1), (2, 67, 5)] {
+                let k = kb * kblocks;
+                let wf = data(n * k, 7 + n as u64);
+                let w = kiln_quant::blocks::quantize_to_vec(ty, &wf).unwrap();
+                let x = data(m * k, 99 + m as u64);
+                let want = reference(ty, &w, n, k, &x, m);
+                let scalar = qmatmul(Isa::Scalar, ty, &w, n, k, &x, m);
+                let xnorm = (x.iter().map(|v| v * v).sum::<f32>() / m as f32).sqrt();
+                let wnorm = (wf.iter().map(|v| v * v).sum::<f32>() / n as f32).sqrt();
+                let tol = if matches!(ty, GgmlType::F32 | GgmlType::F16) {
+                    2e-3
+                } else {
+                    0.02
+                };
+                for (g, w) in scalar.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= tol * xnorm * wnorm + 1e-5,
+                        "{ty} scalar m{m} n{n} k{k}: {g} vs {w}"
+                    );
+                }
+                for isa in Isa::ALL
+                    .into_iter()
+                    .filter(|i| *i != Isa::Scalar && i.available())
+                {
+                    let got = qmatmul(isa, ty, &w, n, k, &x, m);
+                    for (g, s) in got.iter().zip(&scalar) {
+                        assert!(
+                            (g - s).abs() <= 1e-5 * (1.0 + s.abs()) + 1e-6 * xnorm * wnorm,
+                            "{ty} {} m{m} n{n} k{k}: {g} vs scalar {s}",
+                            isa.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn activation_quantizers_follow_ggml() {
+        // Q8_0: ties round to even (ggml-cpu's _mm256_round_ps), d = max/127.
+        let mut x = vec![0.0f32; 32];
+        x[0] = 127.0;
+        x[1] = 2.5;
+        x[2] = -3.5;
+        let mut out = vec![0u8; 34];
+        ActFormat::Q8_0.quantize_row(&x, &mut out);
+        assert_eq!(half::f16::from_le_bytes([out[0], out[1]]).to_f32(), 1.0);
+        assert_eq!([out[2] as i8, out[3] as i8, out[4] as i8], [127, 2, -4]);
+        // Q8_K: the signed maximum maps to -127 (so d is negative for a positive maximum);
+        // nearest_int rounds ties to even too.
+        let mut x = vec![0.0f32; 256];
+        x[0] = 127.0;
+        x[1] = 2.5;
+        let mut out = vec![0u8; 292];
+        ActFormat::Q8K.quantize_row(&x, &mut out);
+        let d = f32::from_le_bytes(out[..4].try_into().unwrap());
+        assert_eq!(d, -1.0);
+        assert_eq!([out[4] as i8, out[5] as i8], [-127, -2]);
+        assert_eq!(i16::from_le_bytes([out[260], out[261]]), -129);
+    }
+}

@@ -1,0 +1,267 @@
+use burn::backend::Flex;
+use burn::backend::tensor::FloatTensor;
+use burn::tensor::TensorData;
+use burn_flex::FlexTensor;
+use half::f16;
+use rayon::prelude::*;
+
+use super::{NnOps, Rope, Visibility};
+
+fn f32s(x: &FlexTensor) -> FlexTensor {
+    x.to_contiguous()
+}
+
+impl NnOps for Flex {
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        let (x, w) = (f32s(&x), f32s(&weight));
+        let w: &[f32] = w.as_slice().expect("rms_norm: f32 weight");
+        let shape = x.layout().shape().clone();
+        let xs: &[f32] = x.as_slice().expect("rms_norm: f32 input");
+        let d = w.len();
+        let mut out = vec![0.0f32; xs.len()];
+        for (o, x) in out.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
+            // ggml_compute_forward_rms_norm_f32: the mean of squares summed in double.
+            let sum: f64 = x.iter().map(|&v| f64::from(v * v)).sum();
+            let scale = 1.0 / ((sum / d as f64) as f32 + eps).sqrt();
+            for ((o, &v), &w) in o.iter_mut().zip(x).zip(w) {
+                *o = v * scale * w;
+            }
+        }
+        FlexTensor::from_data(TensorData::new(out, shape))
+    }
+
+    fn rope(x: FloatTensor<Self>, positions: Vec<u32>, rope: Rope) -> FloatTensor<Self> {
+        let mut x = f32s(&x);
+        let shape = x.layout().shape().clone();
+        let (heads, d) = (shape[1], shape[2]);
+        let half = rope.n_rot / 2;
+        let data: &mut [f32] = x.storage_mut();
+        let theta_scale = rope.freq_base.powf(-2.0 / rope.n_rot as f32);
+        let mut cos_sin = vec![(0.0f32, 0.0f32); half];
+        for (tok, &p) in data.chunks_exact_mut(heads * d).zip(&positions) {
+            // ggml_rope_cache_init: θ multiplied by theta_scale pair after pair, in f32.
+            let mut theta = p as f32;
+            for (i, cs) in cos_sin.iter_mut().enumerate() {
+                let ff = rope.freq_factors.get(i).copied().unwrap_or(1.0);
+                let t = rope.freq_scale * (theta / ff);
+                *cs = (t.cos(), t.sin());
+                theta *= theta_scale;
+            }
+            for head in tok.chunks_exact_mut(d) {
+                for (i, &(c, s)) in cos_sin.iter().enumerate() {
+                    let (a, b) = if rope.neox {
+                        (i, i + half)
+                    } else {
+                        (2 * i, 2 * i + 1)
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * c - x1 * s;
+                    head[b] = x0 * s + x1 * c;
+                }
+            }
+        }
+        x.with_layout(burn_flex::Layout::contiguous(shape))
+    }
+
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (g, u) = (f32s(&gate), f32s(&up));
+        let shape = g.layout().shape().clone();
+        let gs: &[f32] = g.as_slice().expect("swiglu: f32 gate");
+        let us: &[f32] = u.as_slice().expect("swiglu: f32 up");
+        let out: Vec<f32> = gs
+            .iter()
+            .zip(us)
+            .map(|(&g, &u)| g / (1.0 + ggml_expf(-g)) * u)
+            .collect();
+        FlexTensor::from_data(TensorData::new(out, shape))
+    }
+
+    fn attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mut k_cache: FloatTensor<Self>,
+        mut v_cache: FloatTensor<Self>,
+        start: usize,
+        mask: Visibility,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (q, k, v) = (f32s(&q), f32s(&k), f32s(&v));
+        let qshape = q.layout().shape().clone();
+        let (t, heads, d) = (qshape[0], qshape[1], qshape[2]);
+        let kv_heads = k.layout().shape()[1];
+        let row = kv_heads * d;
+        for (cache, new) in [(&mut k_cache, &k), (&mut v_cache, &v)] {
+            if !cache.is_contiguous() {
+                *cache = cache.to_contiguous();
+            }
+            let new: &[f32] = new.as_slice().expect("attention: f32 k/v");
+            let c: &mut [f16] = cache.storage_mut();
+            for (c, &x) in c[start * row..(start + t) * row].iter_mut().zip(new) {
+                *c = f16::from_f32(x);
+            }
+        }
+        let kc: &[f16] = k_cache.storage();
+        let vc: &[f16] = v_cache.storage();
+        let qs: &[f32] = q.as_slice().expect("attention: f32 q");
+        let n = start + t;
+        let group = heads / kv_heads;
+
+        let mut out = vec![0.0f32; t * heads * d];
+        // llama.cpp multiplies with tinyBLAS when a batch has several tokens, with
+        // ggml_vec_dot_f16 for one: the two sum in different orders (see `ggml_order`).
+        let order = if t > 1 {
+            SumOrder::TinyBlas
+        } else {
+            SumOrder::VecDot
+        };
+        let work = |(idx, o): (usize, &mut [f32])| {
+            let (i, h) = (idx / heads, idx % heads);
+            let kvh = h / group;
+            // ggml's f16 mul_mat converts the f32 operand to f16.
+            let qv: Vec<f32> = qs[(i * heads + h) * d..][..d]
+                .iter()
+                .map(|&x| f16::from_f32(x).to_f32())
+                .collect();
+            let (qp, qseq) = (mask.query_pos[i], mask.query_seq[i]);
+            let visible = |s: usize| {
+                mask.key_pos[s] <= qp && (mask.key_seq[s] == 0 || mask.key_seq[s] == qseq)
+            };
+            // Scores of every slot (masked: -inf), as ggml's soft_max sees its row.
+            let mut scores = vec![f32::NEG_INFINITY; n];
+            let mut max = f32::NEG_INFINITY;
+            let mut prods = vec![0.0f32; d];
+            for (s, sc) in scores.iter_mut().enumerate() {
+                if !visible(s) {
+                    continue;
+                }
+                let kr = &kc[s * row + kvh * d..][..d];
+                for ((p, k), q) in prods.iter_mut().zip(kr).zip(&qv) {
+                    *p = k.to_f32() * q;
+                }
+                *sc = ggml_order(&prods, order) * mask.scale;
+                max = max.max(*sc);
+            }
+            // ggml_vec_soft_max_f32: exp by 16-lane chunks, each chunk reduced in f32 and
+            // summed in f64.
+            let mut sum = 0.0f64;
+            for chunk in scores.chunks_mut(16) {
+                let mut lanes = [0.0f32; 16];
+                for (l, sc) in lanes.iter_mut().zip(chunk.iter_mut()) {
+                    *sc = ggml_expf(*sc - max);
+                    *l = *sc;
+                }
+                sum += f64::from(reduce16(&lanes));
+            }
+            let inv = (1.0 / sum) as f32;
+            let probs: Vec<f32> = scores
+                .iter()
+                .map(|&p| f16::from_f32(p * inv).to_f32())
+                .collect();
+            let mut prods = vec![0.0f32; n];
+            for (e, o) in o.iter_mut().enumerate() {
+                for (s, p) in prods.iter_mut().enumerate() {
+                    *p = if probs[s] == 0.0 {
+                        0.0
+                    } else {
+                        probs[s] * vc[s * row + kvh * d + e].to_f32()
+                    };
+                }
+                *o = ggml_order(&prods, order);
+            }
+        };
+        if t * heads * n * d >= 1 << 16 {
+            out.par_chunks_mut(d).enumerate().for_each(work);
+        } else {
+            out.chunks_mut(d).enumerate().for_each(work);
+        }
+        let out = FlexTensor::from_data(TensorData::new(out, [t, heads * d]));
+        (out, k_cache, v_cache)
+    }
+}
+
+/// ggml's vectorized `expf` (`ggml_v_expf`, AVX-512 form, from ARM's optimized routines: at most
+/// 1.5 ulp off), lane by lane. llama.cpp's softmax and SiLU use it; using it too keeps Kiln's
+/// activations on the same side of every quantization step as llama.cpp's.
+pub(crate) fn ggml_expf(x: f32) -> f32 {
+    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
+    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // log2(e)
+    let n = z - r;
+    let b = (-n).mul_add(
+        f32::from_bits(0x35bf_be8e),
+        (-n).mul_add(f32::from_bits(0x3f31_7200), x),
+    );
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    let u = b * b;
+    let j = f32::from_bits(0x3c07_2010)
+        .mul_add(b, f32::from_bits(0x3d2b_9f17))
+        .mul_add(
+            u,
+            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)),
+        )
+        .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
+    // _mm512_scalef_ps(j, n) = j · 2^n
+    j * 2f32.powi(n as i32)
+}
+
+/// The summation orders of llama.cpp's f16 products (AVX-512 build), which Kiln follows so that
+/// its attention scores are llama.cpp's to the last bit: SmolLM-class models have scores large
+/// enough that summing 64 exact products in another order moved logits by 0.2.
+#[derive(Clone, Copy)]
+enum SumOrder {
+    /// llamafile `tinyBLAS<16>::gemm_bloc`: lane `i % 16` accumulates by FMA in index order,
+    /// then `_mm512_reduce_add_ps`.
+    TinyBlas,
+    /// `ggml_vec_dot_f16`: four 16-lane accumulators over steps of 64, `GGML_F32x16_REDUCE`
+    /// (0+2, 1+3, then 0+1) and `_mm512_reduce_add_ps`; a tail past the last 64 summed in f64.
+    VecDot,
+}
+
+/// Σ `prods` (each an exact product of two f16) in llama.cpp's order.
+fn ggml_order(prods: &[f32], order: SumOrder) -> f32 {
+    match order {
+        SumOrder::TinyBlas => {
+            let mut acc = [0.0f32; 16];
+            for chunk in prods.chunks(16) {
+                for (a, p) in acc.iter_mut().zip(chunk) {
+                    *a += p;
+                }
+            }
+            reduce16(&acc)
+        }
+        SumOrder::VecDot => {
+            let np = prods.len() / 64 * 64;
+            let mut acc = [[0.0f32; 16]; 4];
+            for step in prods[..np].chunks_exact(64) {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    for (a, p) in a.iter_mut().zip(&step[16 * j..16 * (j + 1)]) {
+                        *a += p;
+                    }
+                }
+            }
+            let mut x = [0.0f32; 16];
+            for l in 0..16 {
+                x[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+            }
+            let mut sum = f64::from(reduce16(&x));
+            for p in &prods[np..] {
+                sum += f64::from(*p);
+            }
+            sum as f32
+        }
+    }
+}
+
+/// GCC's `_mm512_reduce_add_ps`: halves added lane-wise (8, then 4), then (0+2) + (1+3).
+fn reduce16(a: &[f32; 16]) -> f32 {
+    let mut t8 = [0.0f32; 8];
+    for i in 0..8 {
+        t8[i] = a[i + 8] + a[i];
+    }
+    let mut t4 = [0.0f32; 4];
+    for i in 0..4 {
+        t4[i] = t8[i + 4] + t8[i];
+    }
+    (t4[0] + t4[2]) + (t4[1] + t4[3])
+}

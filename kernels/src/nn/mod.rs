@@ -1,0 +1,210 @@
+//! The transformer ops Kiln runs as its own kernels: RMSNorm, RoPE, SwiGLU, and attention over a
+//! KV cache with an explicit visibility rule (causal, and several sequences sharing a prefix).
+//!
+//! CPU (Flex) implementations follow ggml's arithmetic (f64 sums in RMSNorm, f16 K/V cache,
+//! query and probabilities rounded to f16 as ggml's f16 `mul_mat` does), so logits track
+//! llama.cpp's closely. CubeCL kernels are issue #5: a GPU device gets [`KernelError::NoKernel`].
+
+mod flex;
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, backend_extension};
+use burn::tensor::{DType, Tensor};
+
+use crate::{BackendKind, KernelError, Result};
+
+#[backend_extension(Flex)]
+pub trait NnOps: Backend {
+    /// `x[rows, d] / rms(x) * weight[d]`.
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
+
+    /// Rotates the first `rope.n_rot` values of each head of `x[t, heads, d]`, token `i` at
+    /// position `positions[i]`.
+    fn rope(x: FloatTensor<Self>, positions: Vec<u32>, rope: Rope) -> FloatTensor<Self>;
+
+    /// `silu(gate) * up`.
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// Writes `k`, `v` (`[t, kv_heads, d]`) into cache slots `start..start + t`, then attends
+    /// each query of `q[t, heads, d]` to the visible slots of `0..start + t`. Returns
+    /// `([t, heads * d], k_cache, v_cache)`; the caches (`[capacity, kv_heads, d]` f16) are
+    /// updated in place when not shared.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        start: usize,
+        mask: Visibility,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// RoPE parameters, as ggml's `ggml_rope_ext` takes them (no YaRN).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rope {
+    /// Rotated values per head (pairs `n_rot / 2`).
+    pub n_rot: usize,
+    pub freq_base: f32,
+    /// Linear position scaling (`1 / rope.scaling.factor`); 1 for none.
+    pub freq_scale: f32,
+    /// Per-pair divisors of θ (Llama-3 scaling: GGUF `rope_freqs.weight`); empty for none.
+    pub freq_factors: Vec<f32>,
+    /// NeoX layout (pairs `i`, `i + n_rot/2`, HF safetensors) instead of adjacent pairs (GGUF).
+    pub neox: bool,
+}
+
+/// Which cache slots each query sees: slot `s` is visible to query `i` when
+/// `key_pos[s] <= query_pos[i]` and the slot belongs to the query's sequence or to the shared
+/// prefix (`key_seq[s] == 0`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Visibility {
+    pub query_pos: Vec<u32>,
+    pub query_seq: Vec<u32>,
+    /// One entry per slot `0..start + t`.
+    pub key_pos: Vec<u32>,
+    pub key_seq: Vec<u32>,
+    /// Score scale, usually `1 / sqrt(d)`.
+    pub scale: f32,
+}
+
+fn flex_only(op: &'static str, device: &burn::tensor::Device) -> Result<()> {
+    match BackendKind::of(device)? {
+        BackendKind::Flex => Ok(()),
+        backend => Err(KernelError::NoKernel {
+            op,
+            ty: kiln_quant::GgmlType::F32,
+            backend,
+        }),
+    }
+}
+
+pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f32) -> Result<Tensor<2>> {
+    flex_only("rms_norm", &x.device())?;
+    let [_, d] = x.dims();
+    if weight.dims() != [d] {
+        return Err(KernelError::Shape(format!(
+            "rms_norm: rows of {d} with a weight of {:?}",
+            weight.dims()
+        )));
+    }
+    let y = <Dispatch as NnOps>::rms_norm(x.into_dispatch(), weight.clone().into_dispatch(), eps);
+    Ok(Tensor::from_dispatch(y))
+}
+
+pub fn rope(x: Tensor<3>, positions: &[u32], rope: &Rope) -> Result<Tensor<3>> {
+    flex_only("rope", &x.device())?;
+    let [t, _, d] = x.dims();
+    if positions.len() != t || rope.n_rot > d || !rope.n_rot.is_multiple_of(2) {
+        return Err(KernelError::Shape(format!(
+            "rope: {t} tokens with {} positions, {} rotated of {d}",
+            positions.len(),
+            rope.n_rot
+        )));
+    }
+    if !rope.freq_factors.is_empty() && rope.freq_factors.len() != rope.n_rot / 2 {
+        return Err(KernelError::Shape(format!(
+            "rope: {} frequency factors for {} pairs",
+            rope.freq_factors.len(),
+            rope.n_rot / 2
+        )));
+    }
+    let y = <Dispatch as NnOps>::rope(x.into_dispatch(), positions.to_vec(), rope.clone());
+    Ok(Tensor::from_dispatch(y))
+}
+
+pub fn swiglu(gate: Tensor<2>, up: Tensor<2>) -> Result<Tensor<2>> {
+    flex_only("swiglu", &gate.device())?;
+    if gate.dims() != up.dims() {
+        return Err(KernelError::Shape(format!(
+            "swiglu: gate {:?} and up {:?}",
+            gate.dims(),
+            up.dims()
+        )));
+    }
+    Ok(Tensor::from_dispatch(<Dispatch as NnOps>::swiglu(
+        gate.into_dispatch(),
+        up.into_dispatch(),
+    )))
+}
+
+/// One layer's K/V cache: `[capacity, kv_heads, head_dim]` f16 on the device.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    pub k: Tensor<3>,
+    pub v: Tensor<3>,
+    pub capacity: usize,
+}
+
+impl KvCache {
+    pub fn new(
+        capacity: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        device: &burn::tensor::Device,
+    ) -> Self {
+        let zeros = || Tensor::<3>::zeros([capacity, kv_heads, head_dim], (device, DType::F16));
+        KvCache {
+            k: zeros(),
+            v: zeros(),
+            capacity,
+        }
+    }
+}
+
+/// Appends `k`, `v` at `start` and attends `q` to the cache (see [`NnOps::attention`]).
+pub fn attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    cache: &mut KvCache,
+    start: usize,
+    mask: Visibility,
+) -> Result<Tensor<2>> {
+    flex_only("attention", &q.device())?;
+    let [t, heads, d] = q.dims();
+    let [tk, kv_heads, dk] = k.dims();
+    let [cap, ckv, cd] = cache.k.dims();
+    let n = start + t;
+    let ok = tk == t
+        && v.dims() == k.dims()
+        && dk == d
+        && ckv == kv_heads
+        && cd == d
+        && kv_heads > 0
+        && heads % kv_heads == 0
+        && n <= cap
+        && mask.query_pos.len() == t
+        && mask.query_seq.len() == t
+        && mask.key_pos.len() == n
+        && mask.key_seq.len() == n;
+    if !ok {
+        return Err(KernelError::Shape(format!(
+            "attention: q {:?}, k {:?}, v {:?}, cache {:?}, {t} new tokens at slot {start}, mask for {} queries and {} keys",
+            q.dims(),
+            k.dims(),
+            v.dims(),
+            cache.k.dims(),
+            mask.query_pos.len(),
+            mask.key_pos.len()
+        )));
+    }
+    // Moved out, not cloned: a cache held only here is updated in place.
+    let device = cache.k.device();
+    let empty = || Tensor::<3>::zeros([0, kv_heads, d], (&device, DType::F16));
+    let kc = std::mem::replace(&mut cache.k, empty());
+    let vc = std::mem::replace(&mut cache.v, empty());
+    let (out, kc, vc) = <Dispatch as NnOps>::attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        kc.into_dispatch(),
+        vc.into_dispatch(),
+        start,
+        mask,
+    );
+    cache.k = Tensor::from_dispatch(kc);
+    cache.v = Tensor::from_dispatch(vc);
+    Ok(Tensor::from_dispatch(out))
+}

@@ -1,0 +1,40 @@
+use burn::backend::Flex;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::tensor::TensorData;
+use burn_flex::FlexTensor;
+use kiln_quant::GgmlType;
+
+use super::QMatmulOps;
+use crate::cpu;
+
+impl QMatmulOps for Flex {
+    fn qmatmul(
+        x: FloatTensor<Self>,
+        words: IntTensor<Self>,
+        ty: GgmlType,
+        n: usize,
+        k: usize,
+    ) -> FloatTensor<Self> {
+        let x = x.to_contiguous();
+        let x: &[f32] = x.as_slice().expect("qmatmul: f32 activations");
+        let m = x.len() / k;
+        let row = ty.block_bytes() * (k / ty.block_size());
+        let words = words.to_contiguous();
+        let w = &words.bytes()[..n * row];
+        let y = cpu::qmatmul(cpu::active_isa(), ty, w, n, k, x, m);
+        FlexTensor::from_data(TensorData::new(y, [m, n]))
+    }
+
+    fn qrows(words: IntTensor<Self>, ty: GgmlType, k: usize, ids: Vec<u32>) -> FloatTensor<Self> {
+        let words = words.to_contiguous();
+        let row = ty.block_bytes() * (k / ty.block_size());
+        let bytes = words.bytes();
+        let mut out = vec![0.0f32; ids.len() * k];
+        for (o, &id) in out.chunks_exact_mut(k).zip(&ids) {
+            let at = id as usize * row;
+            kiln_quant::blocks::dequantize(ty, &bytes[at..at + row], o)
+                .expect("qrows: caller checked the type");
+        }
+        FlexTensor::from_data(TensorData::new(out, [ids.len(), k]))
+    }
+}
