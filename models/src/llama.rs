@@ -53,6 +53,8 @@ pub struct LlamaConfig {
     pub rope_scaling: RopeScaling,
     /// The output projection is the token embedding matrix.
     pub tied_embeddings: bool,
+    /// Parameters in the file's tensors.
+    pub n_params: u64,
 }
 
 fn cfg_err(msg: impl Into<String>) -> ModelError {
@@ -114,6 +116,7 @@ impl LlamaConfig {
             rope_base: f32_or("rope.freq_base", 10_000.0)?,
             rope_scaling,
             tied_embeddings: gguf.tensor("output.weight").is_err(),
+            n_params: gguf.tensors.iter().map(|t| t.n_elements).sum(),
             architecture: arch,
         };
         if cfg.n_layer == 0 || cfg.n_layer > 1024 || cfg.context_length == 0 {

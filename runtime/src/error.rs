@@ -11,6 +11,8 @@ pub enum RuntimeError {
     /// A request that cannot be carried out as given (bad flag values, paths).
     #[error("{0}")]
     Usage(String),
+    #[error("reading a result back from the device: {0}")]
+    Readback(String),
     #[error(transparent)]
     Quant(#[from] kiln_quant::Error),
     #[error(transparent)]

@@ -7,6 +7,7 @@
 pub mod devices;
 mod error;
 pub mod inspect;
+pub mod llm;
 pub mod models_dir;
 pub mod quantize;
 

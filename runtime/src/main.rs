@@ -9,6 +9,8 @@ use kiln_runtime::inspect::{GgufSummary, human_bytes};
 use kiln_runtime::quantize::{QuantizeRequest, QuantizeSummary, parse_target, quantize_file};
 use kiln_runtime::{RuntimeError, probe_devices};
 
+mod cli_llm;
+
 /// Kiln: an inference runtime for e-commerce search and recommendation models.
 #[derive(Parser)]
 #[command(name = "kiln", version, about, long_about = None)]
@@ -56,6 +58,22 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Generate text with a Llama-family GGUF model, streamed to stdout.
+    Generate(cli_llm::GenerateArgs),
+    /// Classify queries into intents with a Llama-family GGUF model (label log-likelihoods, or a
+    /// fine-tuned `score` head).
+    Classify(cli_llm::ClassifyArgs),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// llama-bench's pp/tg tests: prompt processing and token generation speed.
+    Llm(cli_llm::BenchLlmArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +90,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
+        Command::Generate(args) => cli_llm::generate(args)?,
+        Command::Classify(args) => cli_llm::classify(args)?,
+        Command::Bench {
+            what: BenchCommand::Llm(args),
+        } => cli_llm::bench(args)?,
         Command::Devices { json } => {
             let devices = probe_devices();
             if json {

@@ -1,17 +1,18 @@
 //! Kiln's CPU kernels: quantized matrix products over GGML blocks with activations quantized on
 //! the fly ([`act`]), in a scalar reference ([`dot_scalar`]) and SIMD versions selected at run
-//! time ([`Isa`]), spread over the cores with rayon.
+//! time ([`Isa`]), spread over the cores by a spinning fork-join [`pool`].
 
 pub mod act;
 pub mod dot_scalar;
 #[cfg(target_arch = "x86_64")]
 mod dot_x86;
+pub mod pool;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use kiln_quant::GgmlType;
-use rayon::prelude::*;
+use std::sync::Mutex;
 
 pub use act::ActFormat;
 
@@ -208,38 +209,56 @@ pub fn qmatmul(
     assert_eq!(x.len(), m * k, "qmatmul: activations for [{m}, {k}]");
 
     let a_row = act.row_bytes(k);
+    let pool = pool::pool();
+    let threads = pool.threads();
     let mut a = vec![0u8; m * a_row];
-    if m > 1 {
-        a.par_chunks_mut(a_row)
-            .zip(x.par_chunks(k))
-            .for_each(|(o, x)| act.quantize_row(x, o));
-    } else {
-        act.quantize_row(x, &mut a);
+    {
+        let parts: Vec<Mutex<(&mut [u8], &[f32])>> = split_rows(&mut a, a_row, m, threads)
+            .into_iter()
+            .zip((0..threads).map(|t| {
+                &x[pool::share(m, threads, t).start * k..pool::share(m, threads, t).end * k]
+            }))
+            .map(Mutex::new)
+            .collect();
+        let quantize = |t: usize| {
+            let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
+            let (out, x) = &mut *part;
+            for (o, x) in out.chunks_exact_mut(a_row).zip(x.chunks_exact(k)) {
+                act.quantize_row(x, o);
+            }
+        };
+        if m > 1 {
+            pool.run(&quantize)
+        } else {
+            quantize(0)
+        }
     }
 
-    // Tasks of whole weight rows; each task writes its rows' outputs for every activation row,
-    // transposed ([n, m]), so that tasks own disjoint slices.
-    let threads = rayon::current_num_threads().max(1);
-    let rows_per_task = (n / (threads * 8)).clamp(4, 256);
+    // Each thread takes an even share of the weight rows and writes their outputs for every
+    // activation row, transposed ([n, m]) so that shares are disjoint slices.
     let mut out_t = vec![0.0f32; n * m];
-    out_t
-        .par_chunks_mut(rows_per_task * m)
-        .enumerate()
-        .for_each(|(t, out)| {
-            let first = t * rows_per_task;
-            let rows = out.len() / m;
+    {
+        let parts: Vec<Mutex<&mut [f32]>> = split_rows(&mut out_t, m, n, threads)
+            .into_iter()
+            .map(Mutex::new)
+            .collect();
+        let a = &a;
+        pool.run(&|t: usize| {
+            let rows = pool::share(n, threads, t);
+            let mut out = parts[t].lock().unwrap_or_else(|e| e.into_inner());
             const TILE: usize = 8;
-            for r0 in (0..rows).step_by(TILE) {
-                let r1 = (r0 + TILE).min(rows);
+            for r0 in (0..rows.len()).step_by(TILE) {
+                let r1 = (r0 + TILE).min(rows.len());
                 for i in 0..m {
                     let ai = &a[i * a_row..(i + 1) * a_row];
                     for r in r0..r1 {
-                        let j = first + r;
+                        let j = rows.start + r;
                         out[r * m + i] = dot(k, &w[j * w_row..(j + 1) * w_row], ai);
                     }
                 }
             }
         });
+    }
     if m == 1 {
         return out_t;
     }
@@ -248,6 +267,17 @@ pub fn qmatmul(
         for (i, v) in col.iter().enumerate() {
             out[i * n + j] = *v;
         }
+    }
+    out
+}
+
+/// `buf` (`rows` rows of `row` items) cut into the [`pool::share`]s of `parts` threads.
+fn split_rows<T>(mut buf: &mut [T], row: usize, rows: usize, parts: usize) -> Vec<&mut [T]> {
+    let mut out = Vec::with_capacity(parts);
+    for t in 0..parts {
+        let (head, rest) = buf.split_at_mut(pool::share(rows, parts, t).len() * row);
+        out.push(head);
+        buf = rest;
     }
     out
 }

@@ -3,7 +3,6 @@ use burn::backend::tensor::FloatTensor;
 use burn::tensor::TensorData;
 use burn_flex::FlexTensor;
 use half::f16;
-use rayon::prelude::*;
 
 use super::{NnOps, Rope, Visibility};
 
@@ -169,8 +168,24 @@ impl NnOps for Flex {
                 *o = ggml_order(&prods, order);
             }
         };
-        if t * heads * n * d >= 1 << 16 {
-            out.par_chunks_mut(d).enumerate().for_each(work);
+        let pool = crate::cpu::pool::pool();
+        let threads = pool.threads();
+        if t * heads * n * d >= 1 << 15 && threads > 1 {
+            let mut parts = Vec::with_capacity(threads);
+            let mut rest = &mut out[..];
+            for p in 0..threads {
+                let (head, tail) =
+                    rest.split_at_mut(crate::cpu::pool::share(t * heads, threads, p).len() * d);
+                parts.push(std::sync::Mutex::new(head));
+                rest = tail;
+            }
+            pool.run(&|p: usize| {
+                let first = crate::cpu::pool::share(t * heads, threads, p).start;
+                let mut part = parts[p].lock().unwrap_or_else(|e| e.into_inner());
+                for (j, o) in part.chunks_mut(d).enumerate() {
+                    work((first + j, o));
+                }
+            });
         } else {
             out.chunks_mut(d).enumerate().for_each(work);
         }
@@ -201,8 +216,13 @@ pub(crate) fn ggml_expf(x: f32) -> f32 {
             f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)),
         )
         .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
-    // _mm512_scalef_ps(j, n) = j · 2^n
-    j * 2f32.powi(n as i32)
+    // _mm512_scalef_ps(j, n) = j · 2^n; 2^n built from its exponent bits where it is normal.
+    let n = n as i32;
+    if (-126..=127).contains(&n) {
+        j * f32::from_bits(((n + 127) as u32) << 23)
+    } else {
+        j * 2f32.powi(n)
+    }
 }
 
 /// The summation orders of llama.cpp's f16 products (AVX-512 build), which Kiln follows so that

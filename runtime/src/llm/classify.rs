@@ -1,0 +1,298 @@
+//! Intent classification with a causal LM.
+//!
+//! Generative scoring (zero-shot or prompted): each label's tokens are scored by their
+//! log-likelihood after the prompt. The prompt runs once; then every label's tokens run in one
+//! batch as separate sequences sharing the prompt's KV cache (positions restart after the
+//! prompt for each label, each label sees only the prompt and itself).
+//!
+//! Sequence-classification head: a fine-tuned classifier's `score` matrix `[labels, n_embd]`
+//! (safetensors) applied to the last token's final hidden state.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::tensor::{Tensor, TensorData};
+use kiln_models::llama::Output;
+
+use super::Llm;
+use crate::{Result, RuntimeError};
+
+/// The default prompt: the labels listed, the query as the user's turn, the answer begun.
+pub const DEFAULT_TEMPLATE: &str = "Classify the e-commerce customer query into exactly one of these intents: {labels}.\nQuery: {query}\nIntent:";
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Classification {
+    pub label: String,
+    /// Probabilities over the labels, in label order.
+    pub probabilities: Vec<f32>,
+    /// Log-likelihood of each label's tokens (generative scoring) or the head's logits.
+    pub scores: Vec<f32>,
+    pub latency_ms: f64,
+}
+
+/// How labels are scored.
+pub enum Scorer {
+    Generative {
+        template: String,
+        /// With the model's chat template: the filled template is the user's turn.
+        chat: bool,
+        /// Each label's tokens as they follow the prompt.
+        label_tokens: Vec<Vec<u32>>,
+    },
+    Head {
+        template: String,
+        /// `[labels, n_embd]`.
+        score: Tensor<2>,
+    },
+}
+
+pub struct Classifier<'a> {
+    pub llm: &'a Llm,
+    pub labels: Vec<String>,
+    pub scorer: Scorer,
+}
+
+fn usage(msg: impl Into<String>) -> RuntimeError {
+    RuntimeError::Usage(msg.into())
+}
+
+/// Reads a labels file: one label per line, blank lines and `#` comments skipped.
+pub fn read_labels(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|source| RuntimeError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let labels: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    validate_labels(&labels)?;
+    Ok(labels)
+}
+
+fn validate_labels(labels: &[String]) -> Result<()> {
+    if labels.len() < 2 {
+        return Err(usage(format!(
+            "need at least two labels, got {}",
+            labels.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(d) = labels.iter().find(|l| !seen.insert(l.as_str())) {
+        return Err(usage(format!("label {d:?} appears twice")));
+    }
+    Ok(())
+}
+
+impl<'a> Classifier<'a> {
+    /// Generative scoring with `template` (`{query}`, `{labels}` placeholders).
+    pub fn generative(
+        llm: &'a Llm,
+        labels: Vec<String>,
+        template: &str,
+        chat: bool,
+    ) -> Result<Self> {
+        validate_labels(&labels)?;
+        if !template.contains("{query}") {
+            return Err(usage("the template has no {query} placeholder"));
+        }
+        // A label follows the prompt after a space, as the model would write it.
+        let label_tokens = labels
+            .iter()
+            .map(|l| llm.tokenizer.encode(&format!(" {l}"), false, false))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Classifier {
+            llm,
+            labels,
+            scorer: Scorer::Generative {
+                template: template.to_string(),
+                chat,
+                label_tokens,
+            },
+        })
+    }
+
+    /// A sequence-classification head from a safetensors file holding `score.weight`
+    /// (`[labels, n_embd]`, f32/f16/bf16).
+    pub fn with_head(
+        llm: &'a Llm,
+        labels: Vec<String>,
+        head: &Path,
+        template: &str,
+    ) -> Result<Self> {
+        validate_labels(&labels)?;
+        let bytes = std::fs::read(head).map_err(|source| RuntimeError::Io {
+            path: head.display().to_string(),
+            source,
+        })?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| usage(format!("{}: not a safetensors file: {e}", head.display())))?;
+        let name = ["score.weight", "score"]
+            .into_iter()
+            .find(|n| st.tensor(n).is_ok())
+            .ok_or_else(|| usage(format!("{}: no score.weight tensor", head.display())))?;
+        let t = st.tensor(name).map_err(|e| usage(e.to_string()))?;
+        let d = llm.model.config.n_embd;
+        if t.shape() != [labels.len(), d] {
+            return Err(usage(format!(
+                "{}: {name} has shape {:?}; {} labels and width {d} need [{}, {d}]",
+                head.display(),
+                t.shape(),
+                labels.len(),
+                labels.len()
+            )));
+        }
+        let values: Vec<f32> = match t.dtype() {
+            safetensors::Dtype::F32 => t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            safetensors::Dtype::F16 => t
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            safetensors::Dtype::BF16 => t
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(usage(format!(
+                    "{}: {name} is {other:?}; f32, f16 or bf16 expected",
+                    head.display()
+                )));
+            }
+        };
+        let score = Tensor::from_data(
+            TensorData::new(values, [labels.len(), d]),
+            llm.model.device(),
+        );
+        Ok(Classifier {
+            llm,
+            labels,
+            scorer: Scorer::Head {
+                template: template.to_string(),
+                score,
+            },
+        })
+    }
+
+    fn prompt(&self, template: &str, chat: bool, query: &str) -> Result<Vec<u32>> {
+        if query.trim().is_empty() {
+            return Err(usage("the query is empty"));
+        }
+        let filled = template
+            .replace("{labels}", &self.labels.join(", "))
+            .replace("{query}", query);
+        self.llm.prompt_tokens(&filled, chat, None)
+    }
+
+    pub fn classify(&self, query: &str) -> Result<Classification> {
+        let t0 = Instant::now();
+        let model = &self.llm.model;
+        let scores: Vec<f32> = match &self.scorer {
+            Scorer::Generative {
+                template,
+                chat,
+                label_tokens,
+            } => {
+                let prompt = self.prompt(template, *chat, query)?;
+                let n = prompt.len();
+                // Label j's tokens, all but its last, run as sequence j + 1 after the prompt.
+                let mut tokens = Vec::new();
+                let mut positions = Vec::new();
+                let mut seqs = Vec::new();
+                let mut rows_of = Vec::new(); // per label: the rows whose logits score its tokens 2..
+                for (j, lt) in label_tokens.iter().enumerate() {
+                    let mut rows = Vec::new();
+                    for (i, &tok) in lt[..lt.len() - 1].iter().enumerate() {
+                        rows.push(tokens.len());
+                        tokens.push(tok);
+                        positions.push((n + i) as u32);
+                        seqs.push(j as u32 + 1);
+                    }
+                    rows_of.push(rows);
+                }
+                let mut cache = model.new_cache(n + tokens.len());
+                let pos: Vec<u32> = (0..n as u32).collect();
+                let first = model.forward(
+                    &prompt,
+                    &pos,
+                    &vec![0; n],
+                    &mut cache,
+                    &Output::Logits(vec![n - 1]),
+                )?;
+                let first = log_softmax(&super::floats(first)?);
+                let rest = if tokens.is_empty() {
+                    Vec::new()
+                } else {
+                    let all: Vec<usize> = (0..tokens.len()).collect();
+                    let l = model.forward(
+                        &tokens,
+                        &positions,
+                        &seqs,
+                        &mut cache,
+                        &Output::Logits(all),
+                    )?;
+                    let v = super::floats(l)?;
+                    v.chunks_exact(model.config.vocab_size)
+                        .map(log_softmax)
+                        .collect::<Vec<_>>()
+                };
+                label_tokens
+                    .iter()
+                    .zip(&rows_of)
+                    .map(|(lt, rows)| {
+                        let mut s = first[lt[0] as usize];
+                        for (r, &tok) in rows.iter().zip(&lt[1..]) {
+                            s += rest[*r][tok as usize];
+                        }
+                        s
+                    })
+                    .collect()
+            }
+            Scorer::Head { template, score } => {
+                let prompt = self.prompt(template, false, query)?;
+                let n = prompt.len();
+                let mut cache = model.new_cache(n);
+                let pos: Vec<u32> = (0..n as u32).collect();
+                let h = model.forward(
+                    &prompt,
+                    &pos,
+                    &vec![0; n],
+                    &mut cache,
+                    &Output::Hidden(vec![n - 1]),
+                )?;
+                super::floats(h.matmul(score.clone().transpose()))?
+            }
+        };
+        let probabilities = softmax(&scores);
+        let best = probabilities
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        Ok(Classification {
+            label: self.labels[best].clone(),
+            probabilities,
+            scores,
+            latency_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
+
+fn log_softmax(x: &[f32]) -> Vec<f32> {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + x.iter().map(|v| f64::from(v - max).exp()).sum::<f64>().ln() as f32;
+    x.iter().map(|v| v - lse).collect()
+}
+
+fn softmax(x: &[f32]) -> Vec<f32> {
+    let ls = log_softmax(x);
+    ls.iter().map(|v| v.exp()).collect()
+}
