@@ -162,14 +162,14 @@ fn read_queries(path: &Path) -> Result<Vec<Query>> {
         source,
     };
     let file = std::fs::File::open(path).map_err(io)?;
-    let mut lines = std::io::BufReader::new(file).lines();
+    let lines = std::io::BufReader::new(file).lines();
     let mut out = Vec::new();
     let bad =
         |line: usize, why: String| RuntimeError::Usage(format!("{}:{line}: {why}", path.display()));
     let tsv = path.extension().is_some_and(|e| e == "tsv");
     let mut columns: Vec<String> = Vec::new();
     let mut n = 0;
-    while let Some(line) = lines.next() {
+    for line in lines {
         n += 1;
         let line = line.map_err(|e| bad(n, format!("not UTF-8 text ({e})")))?;
         if line.trim().is_empty() {

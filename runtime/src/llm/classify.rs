@@ -42,7 +42,7 @@ pub enum Scorer {
     Head {
         template: String,
         /// `[labels, n_embd]`.
-        score: Tensor<2>,
+        score: Box<Tensor<2>>,
     },
 }
 
@@ -176,7 +176,7 @@ impl<'a> Classifier<'a> {
             labels,
             scorer: Scorer::Head {
                 template: template.to_string(),
-                score,
+                score: Box::new(score),
             },
         })
     }
@@ -267,7 +267,7 @@ impl<'a> Classifier<'a> {
                     &mut cache,
                     &Output::Hidden(vec![n - 1]),
                 )?;
-                super::floats(h.matmul(score.clone().transpose()))?
+                super::floats(h.matmul((**score).clone().transpose()))?
             }
         };
         let probabilities = softmax(&scores);
