@@ -127,6 +127,104 @@ macro_rules! x86_dots {
                 hsum_f32_8(acc)
             }
 
+            /// One weight row against `R` activation rows: the weight blocks are loaded and
+            /// unpacked once for all `R`. Each result is bit-identical to the one-row kernel.
+            ///
+            /// # Safety
+            /// As [`q4_0`], for every row of `a`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_0_rows<const R: usize>(
+                k: usize,
+                w: &[u8],
+                a: &[&[u8]; R],
+            ) -> [f32; R] {
+                debug_assert!(w.len() >= k / 32 * 18 && a.iter().all(|a| a.len() >= k / 32 * 34));
+                let mut acc = [_mm256_setzero_ps(); R];
+                for i in 0..k / 32 {
+                    // SAFETY: block i of every row is in bounds.
+                    unsafe {
+                        let x = w.as_ptr().add(18 * i);
+                        let dx = f16_at(x);
+                        let qx = _mm256_sub_epi8(nibbles_32(x.add(2)), _mm256_set1_epi8(8));
+                        for r in 0..R {
+                            let y = a[r].as_ptr().add(34 * i);
+                            let d = _mm256_set1_ps(dx * f16_at(y));
+                            let qy = _mm256_loadu_si256(y.add(2) as *const __m256i);
+                            acc[r] = _mm256_fmadd_ps(d, mul_sum_i8_pairs(qx, qy), acc[r]);
+                        }
+                    }
+                }
+                let mut out = [0.0f32; R];
+                for r in 0..R {
+                    out[r] = hsum_f32_8(acc[r]);
+                }
+                out
+            }
+
+            /// # Safety
+            /// As [`q4_0_rows`].
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_1_rows<const R: usize>(
+                k: usize,
+                w: &[u8],
+                a: &[&[u8]; R],
+            ) -> [f32; R] {
+                debug_assert!(w.len() >= k / 32 * 20 && a.iter().all(|a| a.len() >= k / 32 * 36));
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut summs = [0.0f32; R];
+                for i in 0..k / 32 {
+                    // SAFETY: block i of every row is in bounds.
+                    unsafe {
+                        let x = w.as_ptr().add(20 * i);
+                        let (dx, mx) = (f16_at(x), f16_at(x.add(2)));
+                        let qx = nibbles_32(x.add(4));
+                        for r in 0..R {
+                            let y = a[r].as_ptr().add(36 * i);
+                            summs[r] += mx * f16_at(y.add(2));
+                            let d = _mm256_set1_ps(dx * f16_at(y));
+                            let qy = _mm256_loadu_si256(y.add(4) as *const __m256i);
+                            acc[r] = _mm256_fmadd_ps(d, mul_sum_us8_pairs(qx, qy), acc[r]);
+                        }
+                    }
+                }
+                let mut out = [0.0f32; R];
+                for r in 0..R {
+                    out[r] = hsum_f32_8(acc[r]) + summs[r];
+                }
+                out
+            }
+
+            /// # Safety
+            /// As [`q4_0_rows`].
+            #[target_feature(enable = $features)]
+            pub unsafe fn q8_0_rows<const R: usize>(
+                k: usize,
+                w: &[u8],
+                a: &[&[u8]; R],
+            ) -> [f32; R] {
+                debug_assert!(w.len() >= k / 32 * 34 && a.iter().all(|a| a.len() >= k / 32 * 34));
+                let mut acc = [_mm256_setzero_ps(); R];
+                for i in 0..k / 32 {
+                    // SAFETY: block i of every row is in bounds.
+                    unsafe {
+                        let x = w.as_ptr().add(34 * i);
+                        let dx = f16_at(x);
+                        let qx = _mm256_loadu_si256(x.add(2) as *const __m256i);
+                        for r in 0..R {
+                            let y = a[r].as_ptr().add(34 * i);
+                            let d = _mm256_set1_ps(dx * f16_at(y));
+                            let qy = _mm256_loadu_si256(y.add(2) as *const __m256i);
+                            acc[r] = _mm256_fmadd_ps(d, mul_sum_i8_pairs(qx, qy), acc[r]);
+                        }
+                    }
+                }
+                let mut out = [0.0f32; R];
+                for r in 0..R {
+                    out[r] = hsum_f32_8(acc[r]);
+                }
+                out
+            }
+
             /// # Safety
             /// As [`q4_0`].
             #[target_feature(enable = $features)]

@@ -154,23 +154,61 @@ pub fn dot_fn(isa: Isa, ty: GgmlType) -> Option<DotFn> {
     }
 }
 
+/// One weight row against [`ROWS`] activation rows (batches): results bit-identical to [`DotFn`]
+/// row by row, so a token's logits do not depend on its batch.
+pub type DotRowsFn = fn(usize, &[u8], &[&[u8]; ROWS]) -> [f32; ROWS];
+pub const ROWS: usize = 4;
+
+/// The multi-row kernel of `isa` for `ty`, where there is one.
+pub fn dot_rows_fn(isa: Isa, ty: GgmlType) -> Option<DotRowsFn> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.available() => match ty {
+            GgmlType::Q4_0 => Some(safe_x86::avx2::q4_0_rows),
+            GgmlType::Q4_1 => Some(safe_x86::avx2::q4_1_rows),
+            GgmlType::Q8_0 => Some(safe_x86::avx2::q8_0_rows),
+            _ => None,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if isa.available() => match ty {
+            GgmlType::Q4_0 => Some(safe_x86::avx512vnni::q4_0_rows),
+            GgmlType::Q4_1 => Some(safe_x86::avx512vnni::q4_1_rows),
+            GgmlType::Q8_0 => Some(safe_x86::avx512vnni::q8_0_rows),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// Safe entry points to the SIMD dots: [`dot_fn`] hands them out only after checking the CPU,
 /// and [`qmatmul`] only passes whole rows.
 #[cfg(target_arch = "x86_64")]
 mod safe_x86 {
     macro_rules! wrap {
-        ($isa:ident: $($f:ident),*) => {
-            pub mod $isa {
-                $(pub fn $f(k: usize, w: &[u8], a: &[u8]) -> f32 {
-                    // SAFETY: reached only through `dot_fn`, which checked that the CPU has the
-                    // features, with rows of `k` values from `qmatmul`.
-                    unsafe { super::super::dot_x86::$isa::$f(k, w, a) }
-                })*
-            }
+        (@fns $isa:ident: $($f:ident),*) => {
+            $(pub fn $f(k: usize, w: &[u8], a: &[u8]) -> f32 {
+                // SAFETY: reached only through `dot_fn`, which checked that the CPU has the
+                // features, with rows of `k` values from `qmatmul`.
+                unsafe { super::super::dot_x86::$isa::$f(k, w, a) }
+            })*
         };
     }
-    wrap!(avx2: f32, f16, q4_0, q4_1, q8_0, q4_k, q6_k);
-    wrap!(avx512vnni: f32, f16, q4_0, q4_1, q8_0, q4_k, q6_k);
+    macro_rules! wrap_rows {
+        ($isa:ident: $($f:ident),*) => {
+            $(pub fn $f(k: usize, w: &[u8], a: &[&[u8]; super::super::ROWS]) -> [f32; super::super::ROWS] {
+                // SAFETY: as `wrap!`, through `dot_rows_fn`.
+                unsafe { super::super::dot_x86::$isa::$f(k, w, a) }
+            })*
+        };
+    }
+    pub mod avx2 {
+        wrap!(@fns avx2: f32, f16, q4_0, q4_1, q8_0, q4_k, q6_k);
+        wrap_rows!(avx2: q4_0_rows, q4_1_rows, q8_0_rows);
+    }
+    pub mod avx512vnni {
+        wrap!(@fns avx512vnni: f32, f16, q4_0, q4_1, q8_0, q4_k, q6_k);
+        wrap_rows!(avx512vnni: q4_0_rows, q4_1_rows, q8_0_rows);
+    }
 }
 
 /// Why a product cannot run: the weight type, or a `k` that is not whole blocks.
@@ -200,6 +238,11 @@ pub fn qmatmul(
     let act = check(ty, k).unwrap_or_else(|e| panic!("qmatmul: {e}"));
     let dot =
         dot_fn(isa, ty).unwrap_or_else(|| panic!("qmatmul: no {} kernel for {ty}", isa.name()));
+    let dot_rows = if m >= ROWS {
+        dot_rows_fn(isa, ty)
+    } else {
+        None
+    };
     let w_row = ty.block_bytes() * (k / ty.block_size());
     assert_eq!(
         w.len(),
@@ -246,15 +289,25 @@ pub fn qmatmul(
         pool.run(&|t: usize| {
             let rows = pool::share(n, threads, t);
             let mut out = parts[t].lock().unwrap_or_else(|e| e.into_inner());
-            const TILE: usize = 8;
-            for r0 in (0..rows.len()).step_by(TILE) {
-                let r1 = (r0 + TILE).min(rows.len());
-                for i in 0..m {
-                    let ai = &a[i * a_row..(i + 1) * a_row];
-                    for r in r0..r1 {
-                        let j = rows.start + r;
-                        out[r * m + i] = dot(k, &w[j * w_row..(j + 1) * w_row], ai);
+            let a_at = |i: usize| &a[i * a_row..(i + 1) * a_row];
+            // Groups of ROWS activation rows share each weight row's loads; the rest go singly.
+            let grouped = if dot_rows.is_some() {
+                m / ROWS * ROWS
+            } else {
+                0
+            };
+            for r in 0..rows.len() {
+                let j = rows.start + r;
+                let wr = &w[j * w_row..(j + 1) * w_row];
+                let out = &mut out[r * m..(r + 1) * m];
+                if let Some(f) = dot_rows {
+                    for i in (0..grouped).step_by(ROWS) {
+                        let y = f(k, wr, &std::array::from_fn(|q| a_at(i + q)));
+                        out[i..i + ROWS].copy_from_slice(&y);
                     }
+                }
+                for (i, o) in out.iter_mut().enumerate().skip(grouped) {
+                    *o = dot(k, wr, a_at(i));
                 }
             }
         });

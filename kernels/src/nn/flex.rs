@@ -104,6 +104,15 @@ impl NnOps for Flex {
         let qs: &[f32] = q.as_slice().expect("attention: f32 q");
         let n = start + t;
         let group = heads / kv_heads;
+        // The cache's f16 values once as f32: K as [slot][kv head][d], V transposed as
+        // [kv head][d][slot] so that the probability-weighted sums read contiguously.
+        let kf: Vec<f32> = kc[..n * row].iter().map(|v| v.to_f32()).collect();
+        let mut vt = vec![0.0f32; kv_heads * d * n];
+        for s in 0..n {
+            for (j, v) in vc[s * row..(s + 1) * row].iter().enumerate() {
+                vt[j * n + s] = v.to_f32();
+            }
+        }
 
         let mut out = vec![0.0f32; t * heads * d];
         // llama.cpp multiplies with tinyBLAS when a batch has several tokens, with
@@ -133,9 +142,9 @@ impl NnOps for Flex {
                 if !visible(s) {
                     continue;
                 }
-                let kr = &kc[s * row + kvh * d..][..d];
+                let kr = &kf[s * row + kvh * d..][..d];
                 for ((p, k), q) in prods.iter_mut().zip(kr).zip(&qv) {
-                    *p = k.to_f32() * q;
+                    *p = k * q;
                 }
                 *sc = ggml_order(&prods, order) * mask.scale;
                 max = max.max(*sc);
@@ -156,14 +165,13 @@ impl NnOps for Flex {
                 .iter()
                 .map(|&p| f16::from_f32(p * inv).to_f32())
                 .collect();
-            let mut prods = vec![0.0f32; n];
+            // Slots after the last visible one hold probability 0 and add nothing.
+            let used = probs.iter().rposition(|&p| p != 0.0).map_or(0, |i| i + 1);
+            let mut prods = vec![0.0f32; used];
             for (e, o) in o.iter_mut().enumerate() {
-                for (s, p) in prods.iter_mut().enumerate() {
-                    *p = if probs[s] == 0.0 {
-                        0.0
-                    } else {
-                        probs[s] * vc[s * row + kvh * d + e].to_f32()
-                    };
+                let vr = &vt[(kvh * d + e) * n..][..used];
+                for ((x, p), v) in prods.iter_mut().zip(&probs).zip(vr) {
+                    *x = p * v;
                 }
                 *o = ggml_order(&prods, order);
             }
@@ -234,7 +242,7 @@ enum SumOrder {
     /// then `_mm512_reduce_add_ps`.
     TinyBlas,
     /// `ggml_vec_dot_f16`: four 16-lane accumulators over steps of 64, `GGML_F32x16_REDUCE`
-    /// (0+2, 1+3, then 0+1) and `_mm512_reduce_add_ps`; a tail past the last 64 summed in f64.
+    /// (0+2, 1+3, then 0+1) and `_mm512_reduce_add_ps`.
     VecDot,
 }
 
@@ -251,24 +259,18 @@ fn ggml_order(prods: &[f32], order: SumOrder) -> f32 {
             reduce16(&acc)
         }
         SumOrder::VecDot => {
-            let np = prods.len() / 64 * 64;
+            // llama.cpp's rows are whole 256-slot views, so no tail: pad with zeros to 64.
             let mut acc = [[0.0f32; 16]; 4];
-            for step in prods[..np].chunks_exact(64) {
-                for (j, a) in acc.iter_mut().enumerate() {
-                    for (a, p) in a.iter_mut().zip(&step[16 * j..16 * (j + 1)]) {
-                        *a += p;
-                    }
+            for step in prods.chunks(64) {
+                for (q, p) in step.iter().enumerate() {
+                    acc[q / 16][q % 16] += p;
                 }
             }
             let mut x = [0.0f32; 16];
             for l in 0..16 {
                 x[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
             }
-            let mut sum = f64::from(reduce16(&x));
-            for p in &prods[np..] {
-                sum += f64::from(*p);
-            }
-            sum as f32
+            reduce16(&x)
         }
     }
 }
