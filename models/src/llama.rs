@@ -319,9 +319,13 @@ impl Llama {
         path: impl AsRef<Path>,
         device: &Device,
     ) -> Result<(Self, crate::tokenizer::Tokenizer)> {
-        let gguf = GgufFile::open(path)?;
+        let mut gguf = GgufFile::open(path)?;
         let tokenizer = crate::tokenizer::Tokenizer::from_gguf(&gguf.metadata)?;
-        let model = Self::from_gguf(&gguf, device)?;
+        let config = LlamaConfig::from_gguf(&gguf)?;
+        // The vocabulary strings are the bulk of the metadata: freed before the weights are
+        // allocated, so the allocator reuses their memory.
+        gguf.metadata = Metadata::default();
+        let model = Self::with_config(&gguf, config, device)?;
         if tokenizer.vocab_size() != model.config.vocab_size {
             return Err(cfg_err(format!(
                 "the tokenizer has {} tokens, token_embd.weight {} rows",
@@ -333,7 +337,10 @@ impl Llama {
     }
 
     pub fn from_gguf(gguf: &GgufFile, device: &Device) -> Result<Self> {
-        let config = LlamaConfig::from_gguf(gguf)?;
+        Self::with_config(gguf, LlamaConfig::from_gguf(gguf)?, device)
+    }
+
+    fn with_config(gguf: &GgufFile, config: LlamaConfig, device: &Device) -> Result<Self> {
         let c = &config;
         let mut weight_bytes = 0usize;
         let mut matrix = |name: &str, rows: usize, cols: usize| -> Result<QTensor> {

@@ -33,10 +33,10 @@ pub enum TokenizerKind {
 /// Decoding maps ids to bytes itself (byte-level alphabet, `<0xNN>` byte tokens, `▁` spaces), as
 /// llama.cpp's `llama_token_to_piece` does, so streamed text never splits a character.
 pub struct Tokenizer {
-    /// Special tokens in the text are parsed as special tokens.
-    special: tokenizers::Tokenizer,
-    /// Special-token text is ordinary text.
-    plain: tokenizers::Tokenizer,
+    /// Encodes with special-token text parsed as special tokens; switched to treating it as text
+    /// (`set_encode_special_tokens`) under the write lock, so one copy of the vocabulary serves
+    /// both (each copy is ~10 MiB for a 49k vocabulary).
+    inner: std::sync::RwLock<tokenizers::Tokenizer>,
     pub kind: TokenizerKind,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
@@ -47,14 +47,17 @@ pub struct Tokenizer {
     pub chat_template: Option<String>,
     /// Control tokens: decoded as nothing unless asked for.
     control: Vec<bool>,
-    tokens: Vec<String>,
+    /// Every token's text, concatenated (`offsets[i]..offsets[i + 1]`): one allocation instead
+    /// of one per token.
+    token_text: String,
+    offsets: Vec<u32>,
 }
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokenizer")
             .field("kind", &self.kind)
-            .field("vocab", &self.tokens.len())
+            .field("vocab", &self.vocab_size())
             .field("bos", &self.bos)
             .field("eos", &self.eos)
             .finish()
@@ -105,7 +108,7 @@ impl Tokenizer {
     /// Builds the tokenizer a GGUF file describes.
     pub fn from_gguf(meta: &Metadata) -> Result<Self> {
         let model = meta.str("tokenizer.ggml.model")?;
-        let tokens = meta.string_array("tokenizer.ggml.tokens")?.to_vec();
+        let tokens = meta.string_array("tokenizer.ggml.tokens")?;
         let n = tokens.len();
         let types = int_array(meta, "tokenizer.ggml.token_type")?.unwrap_or_default();
         if !types.is_empty() && types.len() != n {
@@ -210,7 +213,6 @@ impl Tokenizer {
         };
 
         let control: Vec<bool> = (0..n).map(|i| ty(i) == TOKEN_CONTROL).collect();
-        let plain = special.clone();
         let added: Vec<AddedToken> = (0..n)
             .filter(|&i| matches!(ty(i), TOKEN_CONTROL | TOKEN_USER_DEFINED))
             .map(|i| AddedToken::from(tokens[i].clone(), true).normalized(false))
@@ -240,8 +242,7 @@ impl Tokenizer {
             }
         }
         Ok(Tokenizer {
-            special,
-            plain,
+            inner: std::sync::RwLock::new(special),
             kind,
             bos: id("tokenizer.ggml.bos_token_id")?,
             eos,
@@ -250,33 +251,46 @@ impl Tokenizer {
             add_eos: flag("tokenizer.ggml.add_eos_token", false),
             chat_template: meta.str("tokenizer.chat_template").ok().map(str::to_string),
             control,
-            tokens,
+            token_text: tokens.concat(),
+            offsets: std::iter::once(0)
+                .chain(tokens.iter().scan(0u32, |at, t| {
+                    *at += t.len() as u32;
+                    Some(*at)
+                }))
+                .collect(),
         })
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.tokens.len()
+        self.offsets.len() - 1
     }
 
     /// The token's text as the vocabulary spells it.
     pub fn token(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id as usize).map(String::as_str)
+        let i = id as usize;
+        let (a, b) = (*self.offsets.get(i)?, *self.offsets.get(i + 1)?);
+        Some(&self.token_text[a as usize..b as usize])
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {
-        self.special.token_to_id(token)
+        (0..self.vocab_size() as u32).find(|&i| self.token(i) == Some(token))
     }
 
     /// Token ids of `text`. `parse_special`: special-token text (`<|im_start|>`) becomes the
     /// special token, as llama.cpp's `llama_tokenize(.., parse_special = true)`.
     /// `add_special`: BOS/EOS as the model asks (`add_bos_token`, `add_eos_token`).
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
-        let t = if parse_special {
-            &self.special
+        let enc = if parse_special {
+            let t = self.inner.read().unwrap_or_else(|e| e.into_inner());
+            t.encode_fast(text, false)
         } else {
-            &self.plain
-        };
-        let enc = t.encode_fast(text, false).map_err(tok_err)?;
+            let mut t = self.inner.write().unwrap_or_else(|e| e.into_inner());
+            t.set_encode_special_tokens(true);
+            let enc = t.encode_fast(text, false);
+            t.set_encode_special_tokens(false);
+            enc
+        }
+        .map_err(tok_err)?;
         let mut ids = Vec::with_capacity(enc.len() + 2);
         if add_special && self.add_bos {
             ids.extend(self.bos);
@@ -298,14 +312,19 @@ impl Tokenizer {
         out
     }
 
-    /// Text of `ids`, with U+FFFD for invalid UTF-8.
+    /// Text of `ids`, with U+FFFD for invalid UTF-8. SentencePiece text loses the space its
+    /// encoder put in front (as llama.cpp's `llama_detokenize`).
     pub fn decode(&self, ids: &[u32], special: bool) -> String {
-        String::from_utf8_lossy(&self.decode_bytes(ids, special)).into_owned()
+        let text = String::from_utf8_lossy(&self.decode_bytes(ids, special)).into_owned();
+        match (self.kind, text.strip_prefix(' ')) {
+            (TokenizerKind::SentencePiece, Some(rest)) => rest.to_string(),
+            _ => text,
+        }
     }
 
     /// One token's bytes (llama.cpp `llama_token_to_piece`).
     pub fn piece(&self, id: u32, special: bool) -> Vec<u8> {
-        let Some(tok) = self.tokens.get(id as usize) else {
+        let Some(tok) = self.token(id) else {
             return Vec::new();
         };
         if self.control[id as usize] {
@@ -336,6 +355,7 @@ impl Tokenizer {
         Decoder {
             tokenizer: self,
             pending: Vec::new(),
+            started: false,
         }
     }
 
@@ -443,6 +463,8 @@ fn spm_merges(
 pub struct Decoder<'a> {
     tokenizer: &'a Tokenizer,
     pending: Vec<u8>,
+    /// Text has been emitted (SentencePiece drops the space in front of the first piece).
+    started: bool,
 }
 
 impl Decoder<'_> {
@@ -456,8 +478,14 @@ impl Decoder<'_> {
             Err(_) => self.pending.len(),
         };
         let rest = self.pending.split_off(valid);
-        let text = String::from_utf8_lossy(&self.pending).into_owned();
+        let mut text = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending = rest;
+        if !self.started && !text.is_empty() {
+            self.started = true;
+            if self.tokenizer.kind == TokenizerKind::SentencePiece && text.starts_with(' ') {
+                text.remove(0);
+            }
+        }
         text
     }
 
