@@ -186,7 +186,7 @@ impl Tokenizer {
                         scores.len()
                     )));
                 }
-                let merges = spm_merges(&tokens, &scores, |i| ty(i) == 1);
+                let merges = spm_merges(tokens, &scores, |i| ty(i) == 1);
                 let unk =
                     id("tokenizer.ggml.unknown_token_id")?.map(|u| tokens[u as usize].clone());
                 let mut b = BPE::builder()

@@ -25,8 +25,8 @@ impl ActFormat {
         Some(match ty {
             GgmlType::F32 => ActFormat::F32,
             GgmlType::F16 => ActFormat::F16,
-            GgmlType::Q4_0 | GgmlType::Q8_0 => ActFormat::Q8_0,
-            GgmlType::Q4_1 => ActFormat::Q8_1,
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => ActFormat::Q8_0,
+            GgmlType::Q4_1 | GgmlType::Q5_1 => ActFormat::Q8_1,
             GgmlType::Q4_K | GgmlType::Q6_K => ActFormat::Q8K,
             _ => return None,
         })
@@ -86,6 +86,22 @@ impl ActFormat {
 /// ggml-cpu x86 `quantize_row_q8_0`/`_q8_1`: d = max|x|/127, q = round-half-even(x·127/max).
 /// Returns d (f32, before the f16 store) and Σq.
 fn q8_block(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { q8_block_avx2(x, qs) };
+    }
+    q8_block_body(x, qs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn q8_block_avx2(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
+    q8_block_body(x, qs)
+}
+
+#[inline(always)]
+fn q8_block_body(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
     let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = max / 127.0;
     let id = if max != 0.0 { 127.0 / max } else { 0.0 };

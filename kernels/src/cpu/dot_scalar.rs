@@ -55,6 +55,39 @@ pub fn q4_1(k: usize, w: &[u8], a: &[u8]) -> f32 {
     sum
 }
 
+/// Q5_0: `q = nibble | bit << 4`, `y = d (q - 16)`; the bits of element i are bit i of `qh`.
+pub fn q5_0(k: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut sum = 0.0f32;
+    for (x, y) in w.chunks_exact(22).zip(a.chunks_exact(34)).take(k / 32) {
+        let qh = u32::from_le_bytes([x[2], x[3], x[4], x[5]]);
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            let lo = i32::from(x[6 + j] & 0x0F) | (((qh >> j) & 1) << 4) as i32;
+            let hi = i32::from(x[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4) as i32;
+            sumi +=
+                (lo - 16) * i32::from(y[2 + j] as i8) + (hi - 16) * i32::from(y[2 + j + 16] as i8);
+        }
+        sum += sumi as f32 * (f16_at(x, 0) * f16_at(y, 0));
+    }
+    sum
+}
+
+/// Q5_1: `y = d q + m` with the 5-bit `q` of Q5_0.
+pub fn q5_1(k: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut sum = 0.0f32;
+    for (x, y) in w.chunks_exact(24).zip(a.chunks_exact(36)).take(k / 32) {
+        let qh = u32::from_le_bytes([x[4], x[5], x[6], x[7]]);
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            let lo = i32::from(x[8 + j] & 0x0F) | (((qh >> j) & 1) << 4) as i32;
+            let hi = i32::from(x[8 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4) as i32;
+            sumi += lo * i32::from(y[4 + j] as i8) + hi * i32::from(y[4 + j + 16] as i8);
+        }
+        sum += sumi as f32 * (f16_at(x, 0) * f16_at(y, 0)) + f16_at(x, 2) * f16_at(y, 2);
+    }
+    sum
+}
+
 pub fn q8_0(k: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     for (x, y) in w.chunks_exact(34).zip(a.chunks_exact(34)).take(k / 32) {

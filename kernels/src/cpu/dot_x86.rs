@@ -107,6 +107,72 @@ macro_rules! x86_dots {
                 hsum_f32_8(acc) + summs
             }
 
+            /// Byte i is 0xFF where bit i of the 32 bits at `p` is set (ggml `bytes_from_bits_32`).
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn bytes_from_bits_32(p: *const u8) -> __m256i {
+                // SAFETY: the caller points at 4 readable bytes.
+                let x32 = unsafe { core::ptr::read_unaligned(p as *const i32) };
+                let shuf = _mm256_set_epi64x(
+                    0x0303030303030303,
+                    0x0202020202020202,
+                    0x0101010101010101,
+                    0x0000000000000000,
+                );
+                let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x32), shuf);
+                let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+                _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+            }
+
+            /// # Safety
+            /// As [`q4_0`].
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_0(k: usize, w: &[u8], a: &[u8]) -> f32 {
+                debug_assert!(w.len() >= k / 32 * 22 && a.len() >= k / 32 * 34);
+                let mut acc = _mm256_setzero_ps();
+                for i in 0..k / 32 {
+                    // SAFETY: block i of both rows is in bounds.
+                    unsafe {
+                        let x = w.as_ptr().add(22 * i);
+                        let y = a.as_ptr().add(34 * i);
+                        let d = _mm256_set1_ps(f16_at(x) * f16_at(y));
+                        // Clear fifth bit: q - 16 as a signed byte is q | 0xF0.
+                        let hi = _mm256_andnot_si256(
+                            bytes_from_bits_32(x.add(2)),
+                            _mm256_set1_epi8(0xF0u8 as i8),
+                        );
+                        let qx = _mm256_or_si256(nibbles_32(x.add(6)), hi);
+                        let qy = _mm256_loadu_si256(y.add(2) as *const __m256i);
+                        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs(qx, qy), acc);
+                    }
+                }
+                hsum_f32_8(acc)
+            }
+
+            /// # Safety
+            /// As [`q4_0`].
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_1(k: usize, w: &[u8], a: &[u8]) -> f32 {
+                debug_assert!(w.len() >= k / 32 * 24 && a.len() >= k / 32 * 36);
+                let mut acc = _mm256_setzero_ps();
+                let mut summs = 0.0f32;
+                for i in 0..k / 32 {
+                    // SAFETY: block i of both rows is in bounds.
+                    unsafe {
+                        let x = w.as_ptr().add(24 * i);
+                        let y = a.as_ptr().add(36 * i);
+                        summs += f16_at(x.add(2)) * f16_at(y.add(2));
+                        let d = _mm256_set1_ps(f16_at(x) * f16_at(y));
+                        let hi =
+                            _mm256_and_si256(bytes_from_bits_32(x.add(4)), _mm256_set1_epi8(0x10));
+                        let qx = _mm256_or_si256(nibbles_32(x.add(8)), hi);
+                        let qy = _mm256_loadu_si256(y.add(4) as *const __m256i);
+                        acc = _mm256_fmadd_ps(d, mul_sum_us8_pairs(qx, qy), acc);
+                    }
+                }
+                hsum_f32_8(acc) + summs
+            }
+
             /// # Safety
             /// As [`q4_0`].
             #[target_feature(enable = $features)]

@@ -75,6 +75,13 @@ impl Isa {
     }
 }
 
+/// Whether this CPU has AVX2 and FMA: scalar hot loops (`f32::mul_add`, `round_ties_even`) are
+/// then compiled into clones with those features instead of calling libm.
+pub fn has_fma() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| Isa::Avx2.available())
+}
+
 static FORCED: AtomicU8 = AtomicU8::new(u8::MAX);
 
 /// Forces the kernels of one instruction set (tests, benchmarks), or back to automatic with
@@ -122,6 +129,8 @@ pub const MATMUL_TYPES: &[GgmlType] = &[
     GgmlType::F16,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::Q4_K,
     GgmlType::Q6_K,
@@ -137,6 +146,8 @@ pub fn dot_fn(isa: Isa, ty: GgmlType) -> Option<DotFn> {
                 GgmlType::F16 => m::f16,
                 GgmlType::Q4_0 => m::q4_0,
                 GgmlType::Q4_1 => m::q4_1,
+                GgmlType::Q5_0 => m::q5_0,
+                GgmlType::Q5_1 => m::q5_1,
                 GgmlType::Q8_0 => m::q8_0,
                 GgmlType::Q4_K => m::q4_k,
                 GgmlType::Q6_K => m::q6_k,
@@ -202,11 +213,11 @@ mod safe_x86 {
         };
     }
     pub mod avx2 {
-        wrap!(@fns avx2: f32, f16, q4_0, q4_1, q8_0, q4_k, q6_k);
+        wrap!(@fns avx2: f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k);
         wrap_rows!(avx2: q4_0_rows, q4_1_rows, q8_0_rows);
     }
     pub mod avx512vnni {
-        wrap!(@fns avx512vnni: f32, f16, q4_0, q4_1, q8_0, q4_k, q6_k);
+        wrap!(@fns avx512vnni: f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k);
         wrap_rows!(avx512vnni: q4_0_rows, q4_1_rows, q8_0_rows);
     }
 }

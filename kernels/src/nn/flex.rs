@@ -3,6 +3,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::tensor::TensorData;
 use burn_flex::FlexTensor;
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use super::{NnOps, Rope, Visibility};
 
@@ -67,11 +68,8 @@ impl NnOps for Flex {
         let shape = g.layout().shape().clone();
         let gs: &[f32] = g.as_slice().expect("swiglu: f32 gate");
         let us: &[f32] = u.as_slice().expect("swiglu: f32 up");
-        let out: Vec<f32> = gs
-            .iter()
-            .zip(us)
-            .map(|(&g, &u)| g / (1.0 + ggml_expf(-g)) * u)
-            .collect();
+        let mut out = vec![0.0f32; gs.len()];
+        swiglu_slice(gs, us, &mut out);
         FlexTensor::from_data(TensorData::new(out, shape))
     }
 
@@ -106,11 +104,14 @@ impl NnOps for Flex {
         let group = heads / kv_heads;
         // The cache's f16 values once as f32: K as [slot][kv head][d], V transposed as
         // [kv head][d][slot] so that the probability-weighted sums read contiguously.
-        let kf: Vec<f32> = kc[..n * row].iter().map(|v| v.to_f32()).collect();
+        let mut kf = vec![0.0f32; n * row];
+        kc[..n * row].convert_to_f32_slice(&mut kf);
+        let mut vf = vec![0.0f32; n * row];
+        vc[..n * row].convert_to_f32_slice(&mut vf);
         let mut vt = vec![0.0f32; kv_heads * d * n];
         for s in 0..n {
-            for (j, v) in vc[s * row..(s + 1) * row].iter().enumerate() {
-                vt[j * n + s] = v.to_f32();
+            for (j, v) in vf[s * row..(s + 1) * row].iter().enumerate() {
+                vt[j * n + s] = *v;
             }
         }
 
@@ -151,15 +152,7 @@ impl NnOps for Flex {
             }
             // ggml_vec_soft_max_f32: exp by 16-lane chunks, each chunk reduced in f32 and
             // summed in f64.
-            let mut sum = 0.0f64;
-            for chunk in scores.chunks_mut(16) {
-                let mut lanes = [0.0f32; 16];
-                for (l, sc) in lanes.iter_mut().zip(chunk.iter_mut()) {
-                    *sc = ggml_expf(*sc - max);
-                    *l = *sc;
-                }
-                sum += f64::from(reduce16(&lanes));
-            }
+            let sum = softmax_exp(&mut scores, max);
             let inv = (1.0 / sum) as f32;
             let probs: Vec<f32> = scores
                 .iter()
@@ -202,9 +195,64 @@ impl NnOps for Flex {
     }
 }
 
+/// `out = silu(g) * u`, compiled with FMA where the CPU has it.
+fn swiglu_slice(g: &[f32], u: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::has_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { swiglu_fma(g, u, out) };
+    }
+    swiglu_body(g, u, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn swiglu_fma(g: &[f32], u: &[f32], out: &mut [f32]) {
+    swiglu_body(g, u, out)
+}
+
+#[inline(always)]
+fn swiglu_body(g: &[f32], u: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+        *o = g / (1.0 + ggml_expf(-g)) * u;
+    }
+}
+
+/// ggml_vec_soft_max_f32: `exp(x - max)` in place, by 16-lane chunks each reduced in f32, the
+/// chunks summed in f64.
+fn softmax_exp(scores: &mut [f32], max: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::has_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { softmax_exp_fma(scores, max) };
+    }
+    softmax_exp_body(scores, max)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_exp_fma(scores: &mut [f32], max: f32) -> f64 {
+    softmax_exp_body(scores, max)
+}
+
+#[inline(always)]
+fn softmax_exp_body(scores: &mut [f32], max: f32) -> f64 {
+    let mut sum = 0.0f64;
+    for chunk in scores.chunks_mut(16) {
+        let mut lanes = [0.0f32; 16];
+        for (l, sc) in lanes.iter_mut().zip(chunk.iter_mut()) {
+            *sc = ggml_expf(*sc - max);
+            *l = *sc;
+        }
+        sum += f64::from(reduce16(&lanes));
+    }
+    sum
+}
+
 /// ggml's vectorized `expf` (`ggml_v_expf`, AVX-512 form, from ARM's optimized routines: at most
 /// 1.5 ulp off), lane by lane. llama.cpp's softmax and SiLU use it; using it too keeps Kiln's
 /// activations on the same side of every quantization step as llama.cpp's.
+#[inline(always)]
 pub(crate) fn ggml_expf(x: f32) -> f32 {
     let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
     let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // log2(e)
