@@ -171,7 +171,7 @@ impl NnOps for Flex {
         };
         let pool = crate::cpu::pool::pool();
         let threads = pool.threads();
-        if t * heads * n * d >= 1 << 15 && threads > 1 {
+        if t * heads * n * d >= 1 << 12 && threads > 1 {
             let mut parts = Vec::with_capacity(threads);
             let mut rest = &mut out[..];
             for p in 0..threads {
