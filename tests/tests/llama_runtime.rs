@@ -487,6 +487,44 @@ fn a_tiny_model_runs_and_bad_files_are_errors() {
 }
 
 #[test]
+fn a_separate_output_matrix_is_used_when_present() {
+    let device = Device::flex();
+    let tied = Llama::from_gguf(
+        &GgufFile::from_bytes(tiny_llama(|_, _| {})).unwrap(),
+        &device,
+    )
+    .unwrap();
+    assert!(tied.config.tied_embeddings);
+    // output.weight = 2 × token_embd.weight: logits double.
+    let untied = tiny_llama(|_, t| {
+        let (dims, v) = t["token_embd.weight"].clone();
+        t.insert(
+            "output.weight".into(),
+            (dims, v.iter().map(|x| 2.0 * x).collect()),
+        );
+    });
+    let untied = Llama::from_gguf(&GgufFile::from_bytes(untied).unwrap(), &device).unwrap();
+    assert!(!untied.config.tied_embeddings);
+    let run = |m: &Llama| {
+        let mut cache = m.new_cache(4);
+        floats(
+            m.forward(
+                &[1, 8],
+                &[0, 1],
+                &[0, 0],
+                &mut cache,
+                &Output::Logits(vec![1]),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    for (a, b) in run(&tied).iter().zip(run(&untied)) {
+        assert!((2.0 * a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} {b}");
+    }
+}
+
+#[test]
 fn llama3_scaling_keys_configure_rope() {
     let gguf = GgufFile::from_bytes(tiny_llama(|m, _| {
         m.set("llama.rope.scaling.type", Value::String("llama3".into()));
