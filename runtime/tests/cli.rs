@@ -249,3 +249,158 @@ mod quantize {
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
+
+/// `kiln generate`, `classify` and `bench llm` on the SmolLM2 fixture (skipped locally when it is
+/// missing; CI fetches it first).
+mod llm {
+    use super::kiln;
+
+    fn model() -> Option<String> {
+        let p = kiln_runtime::models_dir::fixture_path("smollm2-q4_1");
+        match p {
+            Some(p) if p.exists() => Some(p.display().to_string()),
+            _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("fixture missing in CI"),
+            _ => {
+                eprintln!("SKIPPED: run scripts/fetch-models.sh");
+                None
+            }
+        }
+    }
+
+    fn text(out: &std::process::Output) -> (String, String) {
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn generate_streams_greedy_text() {
+        let Some(m) = model() else { return };
+        let out = kiln(&[
+            "generate",
+            "-m",
+            &m,
+            "-p",
+            "The capital of France is",
+            "-n",
+            "3",
+        ]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        // " Paris", ".", "\n" (llama.cpp's greedy tokens), then the closing newline.
+        assert_eq!(stdout, " Paris.\n\n");
+        assert!(stderr.contains("stop: Length"), "{stderr}");
+    }
+
+    #[test]
+    fn classify_writes_jsonl_and_accuracy() {
+        let Some(m) = model() else { return };
+        let dir = std::env::temp_dir().join(format!("kiln-cli-classify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let labels = dir.join("labels.txt");
+        std::fs::write(
+            &labels,
+            "order_status\nreturn_refund\n# a comment\n\nproduct_search\n",
+        )
+        .unwrap();
+        let input = dir.join("q.jsonl");
+        std::fs::write(&input, "{\"id\": 7, \"query\": \"where is my parcel\", \"label\": \"order_status\"}\n\n{\"query\": \"red shoes size 40\"}\n").unwrap();
+        let out = kiln(&[
+            "classify",
+            "-m",
+            &m,
+            "--labels",
+            labels.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "I want my money back",
+        ]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        let rows: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[1]["id"], "7");
+        for r in &rows {
+            let p = r["probabilities"].as_object().unwrap();
+            assert_eq!(p.len(), 3);
+            let sum: f64 = p.values().map(|v| v.as_f64().unwrap()).sum();
+            assert!((sum - 1.0).abs() < 1e-4);
+            assert!(p.contains_key(r["label"].as_str().unwrap()));
+        }
+        assert!(
+            stderr.contains("accuracy") && stderr.contains("p95"),
+            "{stderr}"
+        );
+        // Bad input is an error naming the file and line, exit status 2.
+        std::fs::write(&input, "{\"query\": \"ok\"}\nnot json\n").unwrap();
+        let out = kiln(&[
+            "classify",
+            "-m",
+            &m,
+            "--labels",
+            labels.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ]);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("q.jsonl:2"), "{stderr}");
+        std::fs::write(&labels, "only_one\n").unwrap();
+        let out = kiln(&[
+            "classify",
+            "-m",
+            &m,
+            "--labels",
+            labels.to_str().unwrap(),
+            "x",
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bench_llm_prints_llama_bench_rows() {
+        let Some(m) = model() else { return };
+        let out = kiln(&[
+            "bench", "llm", "-m", &m, "-p", "8", "-n", "4", "-r", "2", "--json",
+        ]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let tests: Vec<&str> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["test"].as_str().unwrap())
+            .collect();
+        assert_eq!(tests, ["pp8", "tg4"]);
+        for r in rows.as_array().unwrap() {
+            assert!(r["tokens_per_second"].as_f64().unwrap() > 0.0);
+            assert_eq!(r["samples_seconds"].as_array().unwrap().len(), 2);
+        }
+    }
+
+    #[test]
+    fn bad_llm_requests_are_usage_errors() {
+        let Some(m) = model() else { return };
+        for args in [
+            vec!["generate", "-m", "/nonexistent.gguf", "-p", "hi"],
+            vec!["generate", "-m", &m, "-p", "hi", "--device", "wgpu"],
+            vec!["generate", "-m", &m, "-p", "hi", "--top-p", "2"],
+            vec!["generate", "-m", &m, "-p", ""],
+            vec!["bench", "llm", "-m", &m, "-r", "0"],
+        ] {
+            let out = kiln(&args);
+            let (_, stderr) = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            assert!(stderr.starts_with("kiln: error: "), "{stderr}");
+        }
+        // A file that is not GGUF: exit 1 with the reason.
+        let out = kiln(&["generate", "-m", env!("CARGO_MANIFEST_DIR"), "-p", "hi"]);
+        assert_eq!(out.status.code(), Some(1));
+    }
+}
