@@ -69,42 +69,16 @@ macro_rules! x86_dots {
             /// `w` and `a` hold `k` values (whole blocks); the CPU has the module's features.
             #[target_feature(enable = $features)]
             pub unsafe fn q4_0(k: usize, w: &[u8], a: &[u8]) -> f32 {
-                debug_assert!(w.len() >= k / 32 * 18 && a.len() >= k / 32 * 34);
-                let mut acc = _mm256_setzero_ps();
-                for i in 0..k / 32 {
-                    // SAFETY: block i of both rows is in bounds (asserted lengths).
-                    unsafe {
-                        let x = w.as_ptr().add(18 * i);
-                        let y = a.as_ptr().add(34 * i);
-                        let d = _mm256_set1_ps(f16_at(x) * f16_at(y));
-                        let qx = _mm256_sub_epi8(nibbles_32(x.add(2)), _mm256_set1_epi8(8));
-                        let qy = _mm256_loadu_si256(y.add(2) as *const __m256i);
-                        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs(qx, qy), acc);
-                    }
-                }
-                hsum_f32_8(acc)
+                // SAFETY: the caller's guarantees, for the one row.
+                unsafe { q4_0_rows::<1>(k, w, &[a])[0] }
             }
 
             /// # Safety
             /// As [`q4_0`].
             #[target_feature(enable = $features)]
             pub unsafe fn q4_1(k: usize, w: &[u8], a: &[u8]) -> f32 {
-                debug_assert!(w.len() >= k / 32 * 20 && a.len() >= k / 32 * 36);
-                let mut acc = _mm256_setzero_ps();
-                let mut summs = 0.0f32;
-                for i in 0..k / 32 {
-                    // SAFETY: block i of both rows is in bounds.
-                    unsafe {
-                        let x = w.as_ptr().add(20 * i);
-                        let y = a.as_ptr().add(36 * i);
-                        summs += f16_at(x.add(2)) * f16_at(y.add(2));
-                        let d = _mm256_set1_ps(f16_at(x) * f16_at(y));
-                        let qx = nibbles_32(x.add(4));
-                        let qy = _mm256_loadu_si256(y.add(4) as *const __m256i);
-                        acc = _mm256_fmadd_ps(d, mul_sum_us8_pairs(qx, qy), acc);
-                    }
-                }
-                hsum_f32_8(acc) + summs
+                // SAFETY: the caller's guarantees, for the one row.
+                unsafe { q4_1_rows::<1>(k, w, &[a])[0] }
             }
 
             /// Byte i is 0xFF where bit i of the 32 bits at `p` is set (ggml `bytes_from_bits_32`).
@@ -177,24 +151,13 @@ macro_rules! x86_dots {
             /// As [`q4_0`].
             #[target_feature(enable = $features)]
             pub unsafe fn q8_0(k: usize, w: &[u8], a: &[u8]) -> f32 {
-                debug_assert!(w.len() >= k / 32 * 34 && a.len() >= k / 32 * 34);
-                let mut acc = _mm256_setzero_ps();
-                for i in 0..k / 32 {
-                    // SAFETY: block i of both rows is in bounds.
-                    unsafe {
-                        let x = w.as_ptr().add(34 * i);
-                        let y = a.as_ptr().add(34 * i);
-                        let d = _mm256_set1_ps(f16_at(x) * f16_at(y));
-                        let qx = _mm256_loadu_si256(x.add(2) as *const __m256i);
-                        let qy = _mm256_loadu_si256(y.add(2) as *const __m256i);
-                        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs(qx, qy), acc);
-                    }
-                }
-                hsum_f32_8(acc)
+                // SAFETY: the caller's guarantees, for the one row.
+                unsafe { q8_0_rows::<1>(k, w, &[a])[0] }
             }
 
             /// One weight row against `R` activation rows: the weight blocks are loaded and
-            /// unpacked once for all `R`. Each result is bit-identical to the one-row kernel.
+            /// unpacked once for all `R`. The one-row kernel is this with `R = 1`, so a row's
+            /// result does not depend on its batch.
             ///
             /// # Safety
             /// As [`q4_0`], for every row of `a`.
