@@ -55,8 +55,11 @@ impl NnOps for Flex {
                         (2 * i, 2 * i + 1)
                     };
                     let (x0, x1) = (head[a], head[b]);
-                    head[a] = x0 * c - x1 * s;
-                    head[b] = x0 * s + x1 * c;
+                    // ggml's rotate_pairs as GCC compiles it (-ffp-contract=fast): each product
+                    // pair becomes one fused multiply-add. Written plainly, positions past 2
+                    // drifted from llama.cpp by up to 1.0 in a logit.
+                    head[a] = x0.mul_add(c, -(x1 * s));
+                    head[b] = x0.mul_add(s, x1 * c);
                 }
             }
         }
