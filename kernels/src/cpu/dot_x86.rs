@@ -155,103 +155,181 @@ macro_rules! x86_dots {
                 unsafe { q8_0_rows::<1>(k, w, &[a])[0] }
             }
 
-            /// One weight row against `R` activation rows: the weight blocks are loaded and
-            /// unpacked once for all `R`. The one-row kernel is this with `R = 1`, so a row's
-            /// result does not depend on its batch.
+            /// `W` weight rows against `R` activation rows: each block is loaded and unpacked
+            /// once for the whole tile, and the `W × R` accumulator chains run side by side. Every
+            /// entry is computed exactly as the one-row kernel (which is this with `W = R = 1`),
+            /// so a row's result depends neither on its batch nor on its neighbours.
             ///
             /// # Safety
-            /// As [`q4_0`], for every row of `a`.
+            /// As [`q4_0`], for every row of `w` and `a`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_0_tile<const W: usize, const R: usize>(
+                k: usize,
+                w: &[&[u8]; W],
+                a: &[&[u8]; R],
+            ) -> [[f32; R]; W] {
+                debug_assert!(
+                    w.iter().all(|w| w.len() >= k / 32 * 18)
+                        && a.iter().all(|a| a.len() >= k / 32 * 34)
+                );
+                let mut acc = [[_mm256_setzero_ps(); R]; W];
+                for i in 0..k / 32 {
+                    // SAFETY: block i of every row is in bounds.
+                    unsafe {
+                        let mut dx = [0.0f32; W];
+                        let mut qx = [_mm256_setzero_si256(); W];
+                        for q in 0..W {
+                            let x = w[q].as_ptr().add(18 * i);
+                            dx[q] = f16_at(x);
+                            qx[q] = _mm256_sub_epi8(nibbles_32(x.add(2)), _mm256_set1_epi8(8));
+                        }
+                        for r in 0..R {
+                            let y = a[r].as_ptr().add(34 * i);
+                            let dy = f16_at(y);
+                            let qy = _mm256_loadu_si256(y.add(2) as *const __m256i);
+                            for q in 0..W {
+                                let d = _mm256_set1_ps(dx[q] * dy);
+                                acc[q][r] =
+                                    _mm256_fmadd_ps(d, mul_sum_i8_pairs(qx[q], qy), acc[q][r]);
+                            }
+                        }
+                    }
+                }
+                let mut out = [[0.0f32; R]; W];
+                for q in 0..W {
+                    for r in 0..R {
+                        out[q][r] = hsum_f32_8(acc[q][r]);
+                    }
+                }
+                out
+            }
+
+            /// # Safety
+            /// As [`q4_0_tile`].
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_1_tile<const W: usize, const R: usize>(
+                k: usize,
+                w: &[&[u8]; W],
+                a: &[&[u8]; R],
+            ) -> [[f32; R]; W] {
+                debug_assert!(
+                    w.iter().all(|w| w.len() >= k / 32 * 20)
+                        && a.iter().all(|a| a.len() >= k / 32 * 36)
+                );
+                let mut acc = [[_mm256_setzero_ps(); R]; W];
+                let mut summs = [[0.0f32; R]; W];
+                for i in 0..k / 32 {
+                    // SAFETY: block i of every row is in bounds.
+                    unsafe {
+                        let mut dx = [0.0f32; W];
+                        let mut mx = [0.0f32; W];
+                        let mut qx = [_mm256_setzero_si256(); W];
+                        for q in 0..W {
+                            let x = w[q].as_ptr().add(20 * i);
+                            dx[q] = f16_at(x);
+                            mx[q] = f16_at(x.add(2));
+                            qx[q] = nibbles_32(x.add(4));
+                        }
+                        for r in 0..R {
+                            let y = a[r].as_ptr().add(36 * i);
+                            let (dy, sy) = (f16_at(y), f16_at(y.add(2)));
+                            let qy = _mm256_loadu_si256(y.add(4) as *const __m256i);
+                            for q in 0..W {
+                                summs[q][r] += mx[q] * sy;
+                                let d = _mm256_set1_ps(dx[q] * dy);
+                                acc[q][r] =
+                                    _mm256_fmadd_ps(d, mul_sum_us8_pairs(qx[q], qy), acc[q][r]);
+                            }
+                        }
+                    }
+                }
+                let mut out = [[0.0f32; R]; W];
+                for q in 0..W {
+                    for r in 0..R {
+                        out[q][r] = hsum_f32_8(acc[q][r]) + summs[q][r];
+                    }
+                }
+                out
+            }
+
+            /// # Safety
+            /// As [`q4_0_tile`].
+            #[target_feature(enable = $features)]
+            pub unsafe fn q8_0_tile<const W: usize, const R: usize>(
+                k: usize,
+                w: &[&[u8]; W],
+                a: &[&[u8]; R],
+            ) -> [[f32; R]; W] {
+                debug_assert!(
+                    w.iter().all(|w| w.len() >= k / 32 * 34)
+                        && a.iter().all(|a| a.len() >= k / 32 * 34)
+                );
+                let mut acc = [[_mm256_setzero_ps(); R]; W];
+                for i in 0..k / 32 {
+                    // SAFETY: block i of every row is in bounds.
+                    unsafe {
+                        let mut dx = [0.0f32; W];
+                        let mut qx = [_mm256_setzero_si256(); W];
+                        for q in 0..W {
+                            let x = w[q].as_ptr().add(34 * i);
+                            dx[q] = f16_at(x);
+                            qx[q] = _mm256_loadu_si256(x.add(2) as *const __m256i);
+                        }
+                        for r in 0..R {
+                            let y = a[r].as_ptr().add(34 * i);
+                            let dy = f16_at(y);
+                            let qy = _mm256_loadu_si256(y.add(2) as *const __m256i);
+                            for q in 0..W {
+                                let d = _mm256_set1_ps(dx[q] * dy);
+                                acc[q][r] =
+                                    _mm256_fmadd_ps(d, mul_sum_i8_pairs(qx[q], qy), acc[q][r]);
+                            }
+                        }
+                    }
+                }
+                let mut out = [[0.0f32; R]; W];
+                for q in 0..W {
+                    for r in 0..R {
+                        out[q][r] = hsum_f32_8(acc[q][r]);
+                    }
+                }
+                out
+            }
+
+            /// # Safety
+            /// As [`q4_0_tile`].
             #[target_feature(enable = $features)]
             pub unsafe fn q4_0_rows<const R: usize>(
                 k: usize,
                 w: &[u8],
                 a: &[&[u8]; R],
             ) -> [f32; R] {
-                debug_assert!(w.len() >= k / 32 * 18 && a.iter().all(|a| a.len() >= k / 32 * 34));
-                let mut acc = [_mm256_setzero_ps(); R];
-                for i in 0..k / 32 {
-                    // SAFETY: block i of every row is in bounds.
-                    unsafe {
-                        let x = w.as_ptr().add(18 * i);
-                        let dx = f16_at(x);
-                        let qx = _mm256_sub_epi8(nibbles_32(x.add(2)), _mm256_set1_epi8(8));
-                        for r in 0..R {
-                            let y = a[r].as_ptr().add(34 * i);
-                            let d = _mm256_set1_ps(dx * f16_at(y));
-                            let qy = _mm256_loadu_si256(y.add(2) as *const __m256i);
-                            acc[r] = _mm256_fmadd_ps(d, mul_sum_i8_pairs(qx, qy), acc[r]);
-                        }
-                    }
-                }
-                let mut out = [0.0f32; R];
-                for r in 0..R {
-                    out[r] = hsum_f32_8(acc[r]);
-                }
-                out
+                // SAFETY: the caller's guarantees.
+                unsafe { q4_0_tile::<1, R>(k, &[w], a)[0] }
             }
 
             /// # Safety
-            /// As [`q4_0_rows`].
+            /// As [`q4_0_tile`].
             #[target_feature(enable = $features)]
             pub unsafe fn q4_1_rows<const R: usize>(
                 k: usize,
                 w: &[u8],
                 a: &[&[u8]; R],
             ) -> [f32; R] {
-                debug_assert!(w.len() >= k / 32 * 20 && a.iter().all(|a| a.len() >= k / 32 * 36));
-                let mut acc = [_mm256_setzero_ps(); R];
-                let mut summs = [0.0f32; R];
-                for i in 0..k / 32 {
-                    // SAFETY: block i of every row is in bounds.
-                    unsafe {
-                        let x = w.as_ptr().add(20 * i);
-                        let (dx, mx) = (f16_at(x), f16_at(x.add(2)));
-                        let qx = nibbles_32(x.add(4));
-                        for r in 0..R {
-                            let y = a[r].as_ptr().add(36 * i);
-                            summs[r] += mx * f16_at(y.add(2));
-                            let d = _mm256_set1_ps(dx * f16_at(y));
-                            let qy = _mm256_loadu_si256(y.add(4) as *const __m256i);
-                            acc[r] = _mm256_fmadd_ps(d, mul_sum_us8_pairs(qx, qy), acc[r]);
-                        }
-                    }
-                }
-                let mut out = [0.0f32; R];
-                for r in 0..R {
-                    out[r] = hsum_f32_8(acc[r]) + summs[r];
-                }
-                out
+                // SAFETY: the caller's guarantees.
+                unsafe { q4_1_tile::<1, R>(k, &[w], a)[0] }
             }
 
             /// # Safety
-            /// As [`q4_0_rows`].
+            /// As [`q4_0_tile`].
             #[target_feature(enable = $features)]
             pub unsafe fn q8_0_rows<const R: usize>(
                 k: usize,
                 w: &[u8],
                 a: &[&[u8]; R],
             ) -> [f32; R] {
-                debug_assert!(w.len() >= k / 32 * 34 && a.iter().all(|a| a.len() >= k / 32 * 34));
-                let mut acc = [_mm256_setzero_ps(); R];
-                for i in 0..k / 32 {
-                    // SAFETY: block i of every row is in bounds.
-                    unsafe {
-                        let x = w.as_ptr().add(34 * i);
-                        let dx = f16_at(x);
-                        let qx = _mm256_loadu_si256(x.add(2) as *const __m256i);
-                        for r in 0..R {
-                            let y = a[r].as_ptr().add(34 * i);
-                            let d = _mm256_set1_ps(dx * f16_at(y));
-                            let qy = _mm256_loadu_si256(y.add(2) as *const __m256i);
-                            acc[r] = _mm256_fmadd_ps(d, mul_sum_i8_pairs(qx, qy), acc[r]);
-                        }
-                    }
-                }
-                let mut out = [0.0f32; R];
-                for r in 0..R {
-                    out[r] = hsum_f32_8(acc[r]);
-                }
-                out
+                // SAFETY: the caller's guarantees.
+                unsafe { q8_0_tile::<1, R>(k, &[w], a)[0] }
             }
 
             /// # Safety

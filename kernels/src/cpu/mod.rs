@@ -191,6 +191,32 @@ pub fn dot_rows_fn(isa: Isa, ty: GgmlType) -> Option<DotRowsFn> {
     }
 }
 
+/// Weight rows per tile of the batched kernels.
+pub const TILE_W: usize = 4;
+/// [`TILE_W`] weight rows against [`ROWS`] activation rows (batches).
+pub type DotTileFn = fn(usize, &[&[u8]; TILE_W], &[&[u8]; ROWS]) -> [[f32; ROWS]; TILE_W];
+
+/// The tile kernel of `isa` for `ty`, where there is one.
+pub fn dot_tile_fn(isa: Isa, ty: GgmlType) -> Option<DotTileFn> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.available() => match ty {
+            GgmlType::Q4_0 => Some(safe_x86::avx2::q4_0_tile),
+            GgmlType::Q4_1 => Some(safe_x86::avx2::q4_1_tile),
+            GgmlType::Q8_0 => Some(safe_x86::avx2::q8_0_tile),
+            _ => None,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if isa.available() => match ty {
+            GgmlType::Q4_0 => Some(safe_x86::avx512vnni::q4_0_tile),
+            GgmlType::Q4_1 => Some(safe_x86::avx512vnni::q4_1_tile),
+            GgmlType::Q8_0 => Some(safe_x86::avx512vnni::q8_0_tile),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// Safe entry points to the SIMD dots: [`dot_fn`] hands them out only after checking the CPU,
 /// and [`qmatmul`] only passes whole rows.
 #[cfg(target_arch = "x86_64")]
@@ -200,6 +226,18 @@ mod safe_x86 {
             $(pub fn $f(k: usize, w: &[u8], a: &[u8]) -> f32 {
                 // SAFETY: reached only through `dot_fn`, which checked that the CPU has the
                 // features, with rows of `k` values from `qmatmul`.
+                unsafe { super::super::dot_x86::$isa::$f(k, w, a) }
+            })*
+        };
+    }
+    macro_rules! wrap_tile {
+        ($isa:ident: $($f:ident),*) => {
+            $(pub fn $f(
+                k: usize,
+                w: &[&[u8]; super::super::TILE_W],
+                a: &[&[u8]; super::super::ROWS],
+            ) -> [[f32; super::super::ROWS]; super::super::TILE_W] {
+                // SAFETY: as `wrap!`, through `dot_tile_fn`.
                 unsafe { super::super::dot_x86::$isa::$f(k, w, a) }
             })*
         };
@@ -215,10 +253,12 @@ mod safe_x86 {
     pub mod avx2 {
         wrap!(@fns avx2: f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k);
         wrap_rows!(avx2: q4_0_rows, q4_1_rows, q8_0_rows);
+        wrap_tile!(avx2: q4_0_tile, q4_1_tile, q8_0_tile);
     }
     pub mod avx512vnni {
         wrap!(@fns avx512vnni: f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k);
         wrap_rows!(avx512vnni: q4_0_rows, q4_1_rows, q8_0_rows);
+        wrap_tile!(avx512vnni: q4_0_tile, q4_1_tile, q8_0_tile);
     }
 }
 
@@ -251,6 +291,11 @@ pub fn qmatmul(
         dot_fn(isa, ty).unwrap_or_else(|| panic!("qmatmul: no {} kernel for {ty}", isa.name()));
     let dot_rows = if m >= ROWS {
         dot_rows_fn(isa, ty)
+    } else {
+        None
+    };
+    let dot_tile = if m >= ROWS {
+        dot_tile_fn(isa, ty)
     } else {
         None
     };
@@ -307,7 +352,28 @@ pub fn qmatmul(
             } else {
                 0
             };
-            for r in 0..rows.len() {
+            // Batches: tiles of TILE_W weight rows × ROWS activation rows.
+            let mut r0 = 0;
+            if let Some(tile) = dot_tile.filter(|_| grouped > 0) {
+                while r0 + TILE_W <= rows.len() {
+                    let j = rows.start + r0;
+                    let ws: [&[u8]; TILE_W] =
+                        std::array::from_fn(|q| &w[(j + q) * w_row..(j + q + 1) * w_row]);
+                    for i in (0..grouped).step_by(ROWS) {
+                        let y = tile(k, &ws, &std::array::from_fn(|q| a_at(i + q)));
+                        for (q, yq) in y.iter().enumerate() {
+                            out[(r0 + q) * m + i..(r0 + q) * m + i + ROWS].copy_from_slice(yq);
+                        }
+                    }
+                    for (q, wq) in ws.iter().enumerate() {
+                        for i in grouped..m {
+                            out[(r0 + q) * m + i] = dot(k, wq, a_at(i));
+                        }
+                    }
+                    r0 += TILE_W;
+                }
+            }
+            for r in r0..rows.len() {
                 let j = rows.start + r;
                 let wr = &w[j * w_row..(j + 1) * w_row];
                 let out = &mut out[r * m..(r + 1) * m];
@@ -386,7 +452,14 @@ mod tests {
     fn kernels_match_the_reference() {
         for &ty in MATMUL_TYPES {
             let kb = ty.block_size().max(32);
-            for &(m, n, kblocks) in &[(1, 1, 1), (1, 37, 3), (3, 13, 2), (17, 5, 1), (2, 67, 5)] {
+            for &(m, n, kblocks) in &[
+                (1, 1, 1),
+                (1, 37, 3),
+                (3, 13, 2),
+                (17, 5, 1),
+                (2, 67, 5),
+                (9, 37, 3),
+            ] {
                 let k = kb * kblocks;
                 let wf = data(n * k, 7 + n as u64);
                 let w = kiln_quant::blocks::quantize_to_vec(ty, &wf).unwrap();
