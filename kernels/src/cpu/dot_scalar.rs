@@ -112,6 +112,7 @@ pub(crate) fn q8k_parts(y: &[u8]) -> (f32, &[u8], [i16; 16]) {
 }
 
 /// The eight 6-bit scales and mins of a Q4_K/Q5_K block (ggml `get_scale_min_k4`).
+#[inline(always)]
 pub(crate) fn q4k_scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let (mut sc, mut m) = ([0u8; 8], [0u8; 8]);
     for j in 0..8 {

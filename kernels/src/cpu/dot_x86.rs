@@ -386,6 +386,88 @@ macro_rules! x86_dots {
                 hsum_f32_8(acc) + _mm_cvtss_f32(m)
             }
 
+            /// One Q4_K weight row against `R` activation rows, each computed with the one-row
+            /// kernel's operations in its order (so results are bit-identical to it; the test
+            /// `kernels_match_the_reference` checks). The one-row kernel stays separate: written
+            /// this way it decodes 25% slower.
+            ///
+            /// # Safety
+            /// As [`q4_0`], for every row of `a`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_k_rows<const R: usize>(
+                k: usize,
+                w: &[u8],
+                a: &[&[u8]; R],
+            ) -> [f32; R] {
+                debug_assert!(
+                    w.len() >= k / 256 * 144 && a.iter().all(|a| a.len() >= k / 256 * 292)
+                );
+                let m4 = _mm256_set1_epi8(0x0F);
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut acc_m = [_mm_setzero_ps(); R];
+                for i in 0..k / 256 {
+                    let xb = &w[144 * i..144 * (i + 1)];
+                    // SAFETY: xb has 144 bytes.
+                    let (dx, dmx) = unsafe { (f16_at(xb.as_ptr()), f16_at(xb.as_ptr().add(2))) };
+                    let (sc, mins) = crate::cpu::dot_scalar::q4k_scales_mins(&xb[4..16]);
+                    // SAFETY: all loads below stay inside xb (144 bytes) and each yb (292 bytes).
+                    unsafe {
+                        let mins16 =
+                            _mm_cvtepu8_epi16(_mm_loadl_epi64(mins.as_ptr() as *const __m128i));
+                        let mut q4 = [_mm256_setzero_si256(); 8];
+                        for j in 0..4 {
+                            let bits =
+                                _mm256_loadu_si256(xb.as_ptr().add(16 + 32 * j) as *const __m256i);
+                            q4[2 * j] = _mm256_and_si256(bits, m4);
+                            q4[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                        }
+                        for r in 0..R {
+                            let yb = &a[r][292 * i..292 * (i + 1)];
+                            let dy = f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]);
+                            let d = dy * dx;
+                            let dmin = -dy * dmx;
+                            let q8sums = _mm256_loadu_si256(yb.as_ptr().add(260) as *const __m256i);
+                            let q8s = _mm_hadd_epi16(
+                                _mm256_castsi256_si128(q8sums),
+                                _mm256_extracti128_si256(q8sums, 1),
+                            );
+                            let prod = _mm_madd_epi16(mins16, q8s);
+                            acc_m[r] =
+                                _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[r]);
+                            let mut sumi = _mm256_setzero_si256();
+                            let q8 = yb.as_ptr().add(4);
+                            for j in 0..4 {
+                                let scale_l = _mm256_set1_epi16(i16::from(sc[2 * j]));
+                                let scale_h = _mm256_set1_epi16(i16::from(sc[2 * j + 1]));
+                                let q8l = _mm256_loadu_si256(q8.add(64 * j) as *const __m256i);
+                                let q8h = _mm256_loadu_si256(q8.add(64 * j + 32) as *const __m256i);
+                                let p16l = _mm256_madd_epi16(
+                                    scale_l,
+                                    _mm256_maddubs_epi16(q4[2 * j], q8l),
+                                );
+                                let p16h = _mm256_madd_epi16(
+                                    scale_h,
+                                    _mm256_maddubs_epi16(q4[2 * j + 1], q8h),
+                                );
+                                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16l, p16h));
+                            }
+                            acc[r] = _mm256_fmadd_ps(
+                                _mm256_set1_ps(d),
+                                _mm256_cvtepi32_ps(sumi),
+                                acc[r],
+                            );
+                        }
+                    }
+                }
+                let mut out = [0.0f32; R];
+                for r in 0..R {
+                    let mut m = _mm_add_ps(acc_m[r], _mm_movehl_ps(acc_m[r], acc_m[r]));
+                    m = _mm_add_ss(m, _mm_movehdup_ps(m));
+                    out[r] = hsum_f32_8(acc[r]) + _mm_cvtss_f32(m);
+                }
+                out
+            }
+
             /// # Safety
             /// As [`q4_0`].
             #[target_feature(enable = $features)]
@@ -454,6 +536,95 @@ macro_rules! x86_dots {
                     }
                 }
                 hsum_f32_8(acc)
+            }
+
+            /// One Q6_K weight row against `R` activation rows, bit-identical per row to [`q6_k`].
+            ///
+            /// # Safety
+            /// As [`q4_0`], for every row of `a`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q6_k_rows<const R: usize>(
+                k: usize,
+                w: &[u8],
+                a: &[&[u8]; R],
+            ) -> [f32; R] {
+                debug_assert!(
+                    w.len() >= k / 256 * 210 && a.iter().all(|a| a.len() >= k / 256 * 292)
+                );
+                let m4 = _mm256_set1_epi8(0x0F);
+                let m2 = _mm256_set1_epi8(3);
+                let m32s = _mm256_set1_epi8(32);
+                let mut acc = [_mm256_setzero_ps(); R];
+                for i in 0..k / 256 {
+                    let xb = &w[210 * i..210 * (i + 1)];
+                    // SAFETY: xb has 210 bytes.
+                    let dx = unsafe { f16_at(xb.as_ptr().add(208)) };
+                    let scales = &xb[192..208];
+                    let pair = |s: usize| {
+                        _mm256_set_m128i(
+                            _mm_set1_epi16(i16::from(scales[s + 1] as i8)),
+                            _mm_set1_epi16(i16::from(scales[s] as i8)),
+                        )
+                    };
+                    // SAFETY: all loads below stay inside xb (210 bytes) and each yb (292 bytes).
+                    unsafe {
+                        // The 256 six-bit values as 8 vectors of 32, in activation order.
+                        let mut q = [_mm256_setzero_si256(); 8];
+                        for j in 0..2 {
+                            let hbits =
+                                _mm256_loadu_si256(xb.as_ptr().add(128 + 32 * j) as *const __m256i);
+                            let h = |shift: i32| {
+                                let v = match shift {
+                                    0 => hbits,
+                                    2 => _mm256_srli_epi16(hbits, 2),
+                                    4 => _mm256_srli_epi16(hbits, 4),
+                                    _ => _mm256_srli_epi16(hbits, 6),
+                                };
+                                _mm256_slli_epi16(_mm256_and_si256(v, m2), 4)
+                            };
+                            let b1 = _mm256_loadu_si256(xb.as_ptr().add(64 * j) as *const __m256i);
+                            let b2 =
+                                _mm256_loadu_si256(xb.as_ptr().add(64 * j + 32) as *const __m256i);
+                            q[4 * j] = _mm256_or_si256(_mm256_and_si256(b1, m4), h(0));
+                            q[4 * j + 1] = _mm256_or_si256(_mm256_and_si256(b2, m4), h(2));
+                            q[4 * j + 2] = _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
+                                h(4),
+                            );
+                            q[4 * j + 3] = _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                                h(6),
+                            );
+                        }
+                        for r in 0..R {
+                            let yb = &a[r][292 * i..292 * (i + 1)];
+                            let dy = f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]);
+                            let d = dy * dx;
+                            let mut sumi = _mm256_setzero_si256();
+                            for (v, qv) in q.iter().enumerate() {
+                                let y = _mm256_loadu_si256(
+                                    yb.as_ptr().add(4 + 32 * v) as *const __m256i
+                                );
+                                let p = _mm256_sub_epi16(
+                                    _mm256_maddubs_epi16(*qv, y),
+                                    _mm256_maddubs_epi16(m32s, y),
+                                );
+                                let s = pair(8 * (v / 4) + 2 * (v % 4));
+                                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s, p));
+                            }
+                            acc[r] = _mm256_fmadd_ps(
+                                _mm256_set1_ps(d),
+                                _mm256_cvtepi32_ps(sumi),
+                                acc[r],
+                            );
+                        }
+                    }
+                }
+                let mut out = [0.0f32; R];
+                for r in 0..R {
+                    out[r] = hsum_f32_8(acc[r]);
+                }
+                out
             }
 
             /// # Safety
