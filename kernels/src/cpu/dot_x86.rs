@@ -123,6 +123,45 @@ macro_rules! x86_dots {
                 hsum_f32_8(acc)
             }
 
+            /// One Q5_0 weight row against `R` activation rows, bit-identical per row to [`q5_0`] (kept
+            /// separate: as `q5_0_rows::<1>` the decode kernel ran slower).
+            ///
+            /// # Safety
+            /// As [`q4_0`], for every row of `a`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_0_rows<const R: usize>(
+                k: usize,
+                w: &[u8],
+                a: &[&[u8]; R],
+            ) -> [f32; R] {
+                debug_assert!(w.len() >= k / 32 * 22 && a.iter().all(|a| a.len() >= k / 32 * 34));
+                let mut acc = [_mm256_setzero_ps(); R];
+                for i in 0..k / 32 {
+                    // SAFETY: block i of every row is in bounds.
+                    unsafe {
+                        let x = w.as_ptr().add(22 * i);
+                        let dx = f16_at(x);
+                        // Clear fifth bit: q - 16 as a signed byte is q | 0xF0.
+                        let hi = _mm256_andnot_si256(
+                            bytes_from_bits_32(x.add(2)),
+                            _mm256_set1_epi8(0xF0u8 as i8),
+                        );
+                        let qx = _mm256_or_si256(nibbles_32(x.add(6)), hi);
+                        for r in 0..R {
+                            let y = a[r].as_ptr().add(34 * i);
+                            let d = _mm256_set1_ps(dx * f16_at(y));
+                            let qy = _mm256_loadu_si256(y.add(2) as *const __m256i);
+                            acc[r] = _mm256_fmadd_ps(d, mul_sum_i8_pairs(qx, qy), acc[r]);
+                        }
+                    }
+                }
+                let mut out = [0.0f32; R];
+                for r in 0..R {
+                    out[r] = hsum_f32_8(acc[r]);
+                }
+                out
+            }
+
             /// # Safety
             /// As [`q4_0`].
             #[target_feature(enable = $features)]
@@ -145,6 +184,43 @@ macro_rules! x86_dots {
                     }
                 }
                 hsum_f32_8(acc) + summs
+            }
+
+            /// One Q5_1 weight row against `R` activation rows, bit-identical per row to [`q5_1`].
+            ///
+            /// # Safety
+            /// As [`q4_0`], for every row of `a`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_1_rows<const R: usize>(
+                k: usize,
+                w: &[u8],
+                a: &[&[u8]; R],
+            ) -> [f32; R] {
+                debug_assert!(w.len() >= k / 32 * 24 && a.iter().all(|a| a.len() >= k / 32 * 36));
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut summs = [0.0f32; R];
+                for i in 0..k / 32 {
+                    // SAFETY: block i of every row is in bounds.
+                    unsafe {
+                        let x = w.as_ptr().add(24 * i);
+                        let (dx, mx) = (f16_at(x), f16_at(x.add(2)));
+                        let hi =
+                            _mm256_and_si256(bytes_from_bits_32(x.add(4)), _mm256_set1_epi8(0x10));
+                        let qx = _mm256_or_si256(nibbles_32(x.add(8)), hi);
+                        for r in 0..R {
+                            let y = a[r].as_ptr().add(36 * i);
+                            summs[r] += mx * f16_at(y.add(2));
+                            let d = _mm256_set1_ps(dx * f16_at(y));
+                            let qy = _mm256_loadu_si256(y.add(4) as *const __m256i);
+                            acc[r] = _mm256_fmadd_ps(d, mul_sum_us8_pairs(qx, qy), acc[r]);
+                        }
+                    }
+                }
+                let mut out = [0.0f32; R];
+                for r in 0..R {
+                    out[r] = hsum_f32_8(acc[r]) + summs[r];
+                }
+                out
             }
 
             /// # Safety
