@@ -110,31 +110,24 @@ pub fn run(
             samples_seconds: secs,
         });
     };
-    if cfg.prompt > 0 {
-        let name = format!("pp{}", cfg.prompt);
-        time_prompt(llm, &random_tokens(&mut rng, cfg.prompt, vocab))?; // warm-up
+    type Timer = fn(&Llm, &[u32]) -> Result<f64>;
+    let tests: [(&str, usize, usize, Timer); 2] = [
+        ("pp", cfg.prompt, cfg.prompt, time_prompt),
+        // The decode warm-up is short: it only has to touch every weight once.
+        ("tg", cfg.generate, cfg.generate.min(16), time_decode),
+    ];
+    for (kind, n, warm_up, time) in tests {
+        if n == 0 {
+            continue;
+        }
+        let name = format!("{kind}{n}");
+        time(llm, &random_tokens(&mut rng, warm_up, vocab))?;
         let mut secs = Vec::new();
         for r in 0..cfg.repetitions {
-            secs.push(time_prompt(
-                llm,
-                &random_tokens(&mut rng, cfg.prompt, vocab),
-            )?);
+            secs.push(time(llm, &random_tokens(&mut rng, n, vocab))?);
             progress(&name, r + 1);
         }
-        row(name, cfg.prompt, secs);
-    }
-    if cfg.generate > 0 {
-        let name = format!("tg{}", cfg.generate);
-        time_decode(llm, &random_tokens(&mut rng, cfg.generate.min(16), vocab))?; // warm-up
-        let mut secs = Vec::new();
-        for r in 0..cfg.repetitions {
-            secs.push(time_decode(
-                llm,
-                &random_tokens(&mut rng, cfg.generate, vocab),
-            )?);
-            progress(&name, r + 1);
-        }
-        row(name, cfg.generate, secs);
+        row(name, n, secs);
     }
     Ok(rows)
 }
