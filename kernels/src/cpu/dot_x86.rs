@@ -731,6 +731,47 @@ macro_rules! x86_dots {
                 s
             }
 
+            /// One f16 weight row against `R` f16 activation rows: each weight chunk is
+            /// converted once. Per row, the same operations in the same order as [`f16`].
+            ///
+            /// # Safety
+            /// As [`f16`], for every row of `a`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn f16_rows<const R: usize>(k: usize, w: &[u8], a: &[&[u8]; R]) -> [f32; R] {
+                assert!(w.len() >= 2 * k && a.iter().all(|a| a.len() >= 2 * k));
+                let mut acc = [[_mm256_setzero_ps(); 4]; R];
+                let wp = w.as_ptr() as *const __m128i;
+                let full = k / 32;
+                // SAFETY: 32 values (64 bytes) per step, `full` steps are in bounds.
+                unsafe {
+                    for i in 0..full {
+                        for c in 0..4 {
+                            let x = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(4 * i + c)));
+                            for r in 0..R {
+                                let ap = a[r].as_ptr() as *const __m128i;
+                                let y = _mm256_cvtph_ps(_mm_loadu_si128(ap.add(4 * i + c)));
+                                acc[r][c] = _mm256_fmadd_ps(x, y, acc[r][c]);
+                            }
+                        }
+                    }
+                }
+                let mut out = [0.0f32; R];
+                for r in 0..R {
+                    let acc = &acc[r];
+                    let sum =
+                        _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+                    let mut s = hsum_f32_8(sum);
+                    for i in 32 * full..k {
+                        // SAFETY: i < k.
+                        unsafe {
+                            s += f16_at(w.as_ptr().add(2 * i)) * f16_at(a[r].as_ptr().add(2 * i))
+                        };
+                    }
+                    out[r] = s;
+                }
+                out
+            }
+
             /// # Safety
             /// `w` and `a` hold `k` f32 values each; the CPU has the module's features.
             #[target_feature(enable = $features)]

@@ -178,6 +178,7 @@ pub fn dot_rows_fn(isa: Isa, ty: GgmlType) -> Option<DotRowsFn> {
             GgmlType::Q4_0 => Some(safe_x86::avx2::q4_0_rows),
             GgmlType::Q4_1 => Some(safe_x86::avx2::q4_1_rows),
             GgmlType::Q8_0 => Some(safe_x86::avx2::q8_0_rows),
+            GgmlType::F16 => Some(safe_x86::avx2::f16_rows),
             GgmlType::Q5_0 => Some(safe_x86::avx2::q5_0_rows),
             GgmlType::Q5_1 => Some(safe_x86::avx2::q5_1_rows),
             GgmlType::Q4_K => Some(safe_x86::avx2::q4_k_rows),
@@ -189,6 +190,7 @@ pub fn dot_rows_fn(isa: Isa, ty: GgmlType) -> Option<DotRowsFn> {
             GgmlType::Q4_0 => Some(safe_x86::avx512vnni::q4_0_rows),
             GgmlType::Q4_1 => Some(safe_x86::avx512vnni::q4_1_rows),
             GgmlType::Q8_0 => Some(safe_x86::avx512vnni::q8_0_rows),
+            GgmlType::F16 => Some(safe_x86::avx512vnni::f16_rows),
             GgmlType::Q5_0 => Some(safe_x86::avx512vnni::q5_0_rows),
             GgmlType::Q5_1 => Some(safe_x86::avx512vnni::q5_1_rows),
             GgmlType::Q4_K => Some(safe_x86::avx512vnni::q4_k_rows),
@@ -260,12 +262,12 @@ mod safe_x86 {
     }
     pub mod avx2 {
         wrap!(@fns avx2: f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k);
-        wrap_rows!(avx2: q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, q4_k_rows, q6_k_rows);
+        wrap_rows!(avx2: f16_rows, q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, q4_k_rows, q6_k_rows);
         wrap_tile!(avx2: q4_0_tile, q4_1_tile, q8_0_tile);
     }
     pub mod avx512vnni {
         wrap!(@fns avx512vnni: f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k);
-        wrap_rows!(avx512vnni: q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, q4_k_rows, q6_k_rows);
+        wrap_rows!(avx512vnni: f16_rows, q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, q4_k_rows, q6_k_rows);
         wrap_tile!(avx512vnni: q4_0_tile, q4_1_tile, q8_0_tile);
     }
 }
