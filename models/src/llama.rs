@@ -303,7 +303,7 @@ impl Cache {
     }
 
     pub fn capacity(&self) -> usize {
-        self.layers.first().map_or(0, |c| c.capacity)
+        self.layers.first().map_or(0, KvCache::capacity)
     }
 
     /// Forgets slots from `len` on (the next call writes there again).
@@ -342,29 +342,40 @@ impl Llama {
 
     fn with_config(gguf: &GgufFile, config: LlamaConfig, device: &Device) -> Result<Self> {
         let c = &config;
-        let mut weight_bytes = 0usize;
-        let mut matrix = |name: &str, rows: usize, cols: usize| -> Result<QTensor> {
+        // One name table: every tensor is looked up and shape-checked here.
+        let tensor = |name: &str, expected: &[usize]| -> Result<&TensorInfo> {
             let info = gguf.tensor(name).map_err(|_| ModelError::MissingTensor {
                 tensor: name.to_string(),
             })?;
-            let shape = info.shape();
-            if shape != [rows, cols] {
+            if info.shape() != expected {
                 return Err(ModelError::Shape {
                     tensor: name.into(),
-                    expected: vec![rows, cols],
-                    found: shape,
+                    expected: expected.to_vec(),
+                    found: info.shape(),
                 });
             }
+            Ok(info)
+        };
+        let mut weight_bytes = 0usize;
+        let mut matrix = |name: &str, rows: usize, cols: usize| -> Result<QTensor> {
+            let info = tensor(name, &[rows, cols])?;
             weight_bytes += info.n_bytes as usize;
             Ok(QTensor::from_blocks(
                 name,
                 info.ty,
-                &shape,
+                &info.shape(),
                 gguf.tensor_data(info),
                 device,
             )?)
         };
         let (d, hd) = (c.n_embd, c.head_dim);
+        let vector = |name: &str| -> Result<Tensor<1>> {
+            let info = tensor(name, &[d])?;
+            Ok(Tensor::from_data(
+                TensorData::new(f32_vector(gguf, info)?, [d]),
+                device,
+            ))
+        };
         let tok_embd = matrix("token_embd.weight", c.vocab_size, d)?;
         let output = if c.tied_embeddings {
             None
@@ -375,36 +386,16 @@ impl Llama {
         for i in 0..c.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
             layers.push(Layer {
-                attn_norm: Tensor::zeros([1], device),
+                attn_norm: vector(&p("attn_norm"))?,
                 wq: matrix(&p("attn_q"), c.n_head * hd, d)?,
                 wk: matrix(&p("attn_k"), c.n_head_kv * hd, d)?,
                 wv: matrix(&p("attn_v"), c.n_head_kv * hd, d)?,
                 wo: matrix(&p("attn_output"), d, c.n_head * hd)?,
-                ffn_norm: Tensor::zeros([1], device),
+                ffn_norm: vector(&p("ffn_norm"))?,
                 gate: matrix(&p("ffn_gate"), c.n_ff, d)?,
                 up: matrix(&p("ffn_up"), c.n_ff, d)?,
                 down: matrix(&p("ffn_down"), d, c.n_ff)?,
             });
-        }
-        let vector = |name: &str| -> Result<Tensor<1>> {
-            let info = gguf.tensor(name).map_err(|_| ModelError::MissingTensor {
-                tensor: name.to_string(),
-            })?;
-            if info.shape() != [d] {
-                return Err(ModelError::Shape {
-                    tensor: name.into(),
-                    expected: vec![d],
-                    found: info.shape(),
-                });
-            }
-            Ok(Tensor::from_data(
-                TensorData::new(f32_vector(gguf, info)?, [d]),
-                device,
-            ))
-        };
-        for (i, l) in layers.iter_mut().enumerate() {
-            l.attn_norm = vector(&format!("blk.{i}.attn_norm.weight"))?;
-            l.ffn_norm = vector(&format!("blk.{i}.ffn_norm.weight"))?;
         }
         let output_norm = vector("output_norm.weight")?;
         let rope = config.rope();
@@ -477,10 +468,10 @@ impl Llama {
         cache.key_pos.extend_from_slice(positions);
         cache.key_seq.extend_from_slice(seqs);
         let mask = Visibility {
-            query_pos: positions.to_vec(),
-            query_seq: seqs.to_vec(),
-            key_pos: cache.key_pos.clone(),
-            key_seq: cache.key_seq.clone(),
+            query_pos: positions.into(),
+            query_seq: seqs.into(),
+            key_pos: cache.key_pos.as_slice().into(),
+            key_seq: cache.key_seq.as_slice().into(),
             scale: 1.0 / (c.head_dim as f32).sqrt(),
         };
         let (hd, nh, nkv) = (c.head_dim, c.n_head, c.n_head_kv);

@@ -276,7 +276,8 @@ impl Tokenizer {
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {
-        (0..self.vocab_size() as u32).find(|&i| self.token(i) == Some(token))
+        let t = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        t.token_to_id(token)
     }
 
     /// Token ids of `text`. `parse_special`: special-token text (`<|im_start|>`) becomes the

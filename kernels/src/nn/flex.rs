@@ -31,7 +31,12 @@ impl NnOps for Flex {
     }
 
     fn rope(x: FloatTensor<Self>, positions: Vec<u32>, rope: Rope) -> FloatTensor<Self> {
-        let mut x = f32s(&x);
+        // Rotated in place when the caller's tensor is the only owner of its buffer.
+        let mut x = if x.layout().contiguous_offsets().is_some_and(|(a, _)| a == 0) {
+            x
+        } else {
+            x.to_contiguous()
+        };
         let shape = x.layout().shape().clone();
         let (heads, d) = (shape[1], shape[2]);
         let half = rope.n_rot / 2;
@@ -126,72 +131,36 @@ impl NnOps for Flex {
         } else {
             SumOrder::VecDot
         };
-        let work = |(idx, o): (usize, &mut [f32])| {
-            let (i, h) = (idx / heads, idx % heads);
-            let kvh = h / group;
-            // ggml's f16 mul_mat converts the f32 operand to f16.
-            let qv: Vec<f32> = qs[(i * heads + h) * d..][..d]
-                .iter()
-                .map(|&x| f16::from_f32(x).to_f32())
-                .collect();
-            let (qp, qseq) = (mask.query_pos[i], mask.query_seq[i]);
-            let visible = |s: usize| {
-                mask.key_pos[s] <= qp && (mask.key_seq[s] == 0 || mask.key_seq[s] == qseq)
-            };
-            // Scores of every slot (masked: -inf), as ggml's soft_max sees its row.
-            let mut scores = vec![f32::NEG_INFINITY; n];
-            let mut max = f32::NEG_INFINITY;
-            let mut prods = vec![0.0f32; d];
-            for (s, sc) in scores.iter_mut().enumerate() {
-                if !visible(s) {
-                    continue;
-                }
-                let kr = &kf[s * row + kvh * d..][..d];
-                for ((p, k), q) in prods.iter_mut().zip(kr).zip(&qv) {
-                    *p = k * q;
-                }
-                *sc = ggml_order(&prods, order) * mask.scale;
-                max = max.max(*sc);
-            }
-            // ggml_vec_soft_max_f32: exp by 16-lane chunks, each chunk reduced in f32 and
-            // summed in f64.
-            let sum = softmax_exp(&mut scores, max);
-            let inv = (1.0 / sum) as f32;
-            let probs: Vec<f32> = scores
-                .iter()
-                .map(|&p| f16::from_f32(p * inv).to_f32())
-                .collect();
-            // Slots after the last visible one hold probability 0 and add nothing.
-            let used = probs.iter().rposition(|&p| p != 0.0).map_or(0, |i| i + 1);
-            let mut prods = vec![0.0f32; used];
-            for (e, o) in o.iter_mut().enumerate() {
-                let vr = &vt[(kvh * d + e) * n..][..used];
-                for ((x, p), v) in prods.iter_mut().zip(&probs).zip(vr) {
-                    *x = p * v;
-                }
-                *o = ggml_order(&prods, order);
-            }
+        let ctx = AttnCtx {
+            qs,
+            kf: &kf,
+            vt: &vt,
+            mask: &mask,
+            heads,
+            group,
+            d,
+            row,
+            n,
+            order,
         };
         let pool = crate::cpu::pool::pool();
         let threads = pool.threads();
         if t * heads * n * d >= 1 << 12 && threads > 1 {
-            let mut parts = Vec::with_capacity(threads);
-            let mut rest = &mut out[..];
-            for p in 0..threads {
-                let (head, tail) =
-                    rest.split_at_mut(crate::cpu::pool::share(t * heads, threads, p).len() * d);
-                parts.push(std::sync::Mutex::new(head));
-                rest = tail;
-            }
+            // Causal rows grow with the position: deal them out round-robin, not in halves.
+            let rows: Vec<std::sync::Mutex<&mut [f32]>> =
+                out.chunks_mut(d).map(std::sync::Mutex::new).collect();
             pool.run(&|p: usize| {
-                let first = crate::cpu::pool::share(t * heads, threads, p).start;
-                let mut part = parts[p].lock().unwrap_or_else(|e| e.into_inner());
-                for (j, o) in part.chunks_mut(d).enumerate() {
-                    work((first + j, o));
+                let mut scratch = Scratch::default();
+                for idx in (p..t * heads).step_by(threads) {
+                    let mut o = rows[idx].lock().unwrap_or_else(|e| e.into_inner());
+                    ctx.head(idx, &mut o, &mut scratch);
                 }
             });
         } else {
-            out.chunks_mut(d).enumerate().for_each(work);
+            let mut scratch = Scratch::default();
+            for (idx, o) in out.chunks_mut(d).enumerate() {
+                ctx.head(idx, o, &mut scratch);
+            }
         }
         let out = FlexTensor::from_data(TensorData::new(out, [t, heads * d]));
         (out, k_cache, v_cache)
@@ -281,6 +250,81 @@ pub(crate) fn ggml_expf(x: f32) -> f32 {
         j * f32::from_bits(((n + 127) as u32) << 23)
     } else {
         j * 2f32.powi(n)
+    }
+}
+
+/// What every (query, head) of one attention call reads.
+struct AttnCtx<'a> {
+    qs: &'a [f32],
+    /// K as f32, `[slot][kv head][d]`.
+    kf: &'a [f32],
+    /// V as f32, transposed: `[kv head][d][slot]`.
+    vt: &'a [f32],
+    mask: &'a Visibility,
+    heads: usize,
+    group: usize,
+    d: usize,
+    row: usize,
+    n: usize,
+    order: SumOrder,
+}
+
+/// Buffers reused across the (query, head) pairs a thread computes.
+#[derive(Default)]
+struct Scratch {
+    q: Vec<f32>,
+    scores: Vec<f32>,
+    prods: Vec<f32>,
+}
+
+impl AttnCtx<'_> {
+    /// Output `o` (`d` values) of query `idx / heads`, head `idx % heads`.
+    fn head(&self, idx: usize, o: &mut [f32], sc: &mut Scratch) {
+        let (heads, d, row, n) = (self.heads, self.d, self.row, self.n);
+        let (i, h) = (idx / heads, idx % heads);
+        let kvh = h / self.group;
+        let mask = self.mask;
+        // ggml's f16 mul_mat converts the f32 operand to f16.
+        sc.q.clear();
+        sc.q.extend(
+            self.qs[(i * heads + h) * d..][..d]
+                .iter()
+                .map(|&x| f16::from_f32(x).to_f32()),
+        );
+        let (qp, qseq) = (mask.query_pos[i], mask.query_seq[i]);
+        let visible =
+            |s: usize| mask.key_pos[s] <= qp && (mask.key_seq[s] == 0 || mask.key_seq[s] == qseq);
+        // Scores of every slot (masked: -inf), as ggml's soft_max sees its row.
+        sc.scores.clear();
+        sc.scores.resize(n, f32::NEG_INFINITY);
+        sc.prods.resize(d.max(n), 0.0);
+        let mut max = f32::NEG_INFINITY;
+        for s in (0..n).filter(|&s| visible(s)) {
+            let kr = &self.kf[s * row + kvh * d..][..d];
+            for ((p, k), q) in sc.prods[..d].iter_mut().zip(kr).zip(&sc.q) {
+                *p = k * q;
+            }
+            let score = ggml_order(&sc.prods[..d], self.order) * mask.scale;
+            sc.scores[s] = score;
+            max = max.max(score);
+        }
+        // ggml_vec_soft_max_f32: exp by 16-lane chunks, each chunk reduced in f32 and summed
+        // in f64; then the probabilities are rounded to f16 as ggml's f16 mul_mat does.
+        let sum = softmax_exp(&mut sc.scores, max);
+        let inv = (1.0 / sum) as f32;
+        for p in sc.scores.iter_mut() {
+            *p = f16::from_f32(*p * inv).to_f32();
+        }
+        let probs = &sc.scores;
+        // Slots after the last visible one hold probability 0 and add nothing.
+        let used = probs.iter().rposition(|&p| p != 0.0).map_or(0, |i| i + 1);
+        for (e, o) in o.iter_mut().enumerate() {
+            let vr = &self.vt[(kvh * d + e) * n..][..used];
+            for ((x, p), v) in sc.prods[..used].iter_mut().zip(probs).zip(vr) {
+                *x = p * v;
+            }
+            *o = ggml_order(&sc.prods[..used], self.order);
+        }
     }
 }
 

@@ -9,6 +9,8 @@ mod flex;
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
+use std::sync::Arc;
+
 use burn::tensor::{DType, Tensor};
 
 use crate::{BackendKind, KernelError, Result};
@@ -57,14 +59,14 @@ pub struct Rope {
 
 /// Which cache slots each query sees: slot `s` is visible to query `i` when
 /// `key_pos[s] <= query_pos[i]` and the slot belongs to the query's sequence or to the shared
-/// prefix (`key_seq[s] == 0`).
+/// prefix (`key_seq[s] == 0`). Shared slices: one mask serves every layer of a forward pass.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Visibility {
-    pub query_pos: Vec<u32>,
-    pub query_seq: Vec<u32>,
+    pub query_pos: Arc<[u32]>,
+    pub query_seq: Arc<[u32]>,
     /// One entry per slot `0..start + t`.
-    pub key_pos: Vec<u32>,
-    pub key_seq: Vec<u32>,
+    pub key_pos: Arc<[u32]>,
+    pub key_seq: Arc<[u32]>,
     /// Score scale, usually `1 / sqrt(d)`.
     pub scale: f32,
 }
@@ -132,9 +134,9 @@ pub fn swiglu(gate: Tensor<2>, up: Tensor<2>) -> Result<Tensor<2>> {
 /// One layer's K/V cache: `[capacity, kv_heads, head_dim]` f16 on the device.
 #[derive(Clone, Debug)]
 pub struct KvCache {
-    pub k: Tensor<3>,
-    pub v: Tensor<3>,
-    pub capacity: usize,
+    /// `(k, v)`; taken out while `attention` runs so that the op owns (and updates in place)
+    /// the only reference.
+    kv: Option<(Tensor<3>, Tensor<3>)>,
 }
 
 impl KvCache {
@@ -146,10 +148,27 @@ impl KvCache {
     ) -> Self {
         let zeros = || Tensor::<3>::zeros([capacity, kv_heads, head_dim], (device, DType::F16));
         KvCache {
-            k: zeros(),
-            v: zeros(),
-            capacity,
+            kv: Some((zeros(), zeros())),
         }
+    }
+
+    fn tensors(&self) -> &(Tensor<3>, Tensor<3>) {
+        self.kv
+            .as_ref()
+            .expect("a KV cache is only taken inside `attention`")
+    }
+
+    /// Slots the cache holds.
+    pub fn capacity(&self) -> usize {
+        self.tensors().0.dims()[0]
+    }
+
+    pub fn k(&self) -> &Tensor<3> {
+        &self.tensors().0
+    }
+
+    pub fn v(&self) -> &Tensor<3> {
+        &self.tensors().1
     }
 }
 
@@ -165,7 +184,7 @@ pub fn attention(
     flex_only("attention", &q.device())?;
     let [t, heads, d] = q.dims();
     let [tk, kv_heads, dk] = k.dims();
-    let [cap, ckv, cd] = cache.k.dims();
+    let [cap, ckv, cd] = cache.k().dims();
     let n = start + t;
     let ok = tk == t
         && v.dims() == k.dims()
@@ -185,16 +204,16 @@ pub fn attention(
             q.dims(),
             k.dims(),
             v.dims(),
-            cache.k.dims(),
+            cache.k().dims(),
             mask.query_pos.len(),
             mask.key_pos.len()
         )));
     }
     // Moved out, not cloned: a cache held only here is updated in place.
-    let device = cache.k.device();
-    let empty = || Tensor::<3>::zeros([0, kv_heads, d], (&device, DType::F16));
-    let kc = std::mem::replace(&mut cache.k, empty());
-    let vc = std::mem::replace(&mut cache.v, empty());
+    let (kc, vc) = cache
+        .kv
+        .take()
+        .expect("a KV cache is only taken inside `attention`");
     let (out, kc, vc) = <Dispatch as NnOps>::attention(
         q.into_dispatch(),
         k.into_dispatch(),
@@ -204,7 +223,6 @@ pub fn attention(
         start,
         mask,
     );
-    cache.k = Tensor::from_dispatch(kc);
-    cache.v = Tensor::from_dispatch(vc);
+    cache.kv = Some((Tensor::from_dispatch(kc), Tensor::from_dispatch(vc)));
     Ok(Tensor::from_dispatch(out))
 }
