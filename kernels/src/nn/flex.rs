@@ -146,14 +146,24 @@ impl NnOps for Flex {
         let pool = crate::cpu::pool::pool();
         let threads = pool.threads();
         if t * heads * n * d >= 1 << 12 && threads > 1 {
-            // Causal rows grow with the position: deal them out round-robin, not in halves.
-            let rows: Vec<std::sync::Mutex<&mut [f32]>> =
-                out.chunks_mut(d).map(std::sync::Mutex::new).collect();
+            // Batches: causal queries grow with the position, so each thread takes every
+            // `threads`-th query (all its heads). One token: the heads in even shares.
+            let per = if t > 1 { heads } else { 1 };
+            let units: Vec<std::sync::Mutex<&mut [f32]>> =
+                out.chunks_mut(per * d).map(std::sync::Mutex::new).collect();
+            let n_units = units.len();
             pool.run(&|p: usize| {
                 let mut scratch = Scratch::default();
-                for idx in (p..t * heads).step_by(threads) {
-                    let mut o = rows[idx].lock().unwrap_or_else(|e| e.into_inner());
-                    ctx.head(idx, &mut o, &mut scratch);
+                let mine: Vec<usize> = if t > 1 {
+                    (p..n_units).step_by(threads).collect()
+                } else {
+                    crate::cpu::pool::share(n_units, threads, p).collect()
+                };
+                for u in mine {
+                    let mut unit = units[u].lock().unwrap_or_else(|e| e.into_inner());
+                    for (j, o) in unit.chunks_mut(d).enumerate() {
+                        ctx.head(u * per + j, o, &mut scratch);
+                    }
                 }
             });
         } else {
