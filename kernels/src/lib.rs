@@ -9,6 +9,7 @@ pub mod cpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube_util;
 pub mod dequant;
+pub mod encoder;
 mod error;
 pub mod nn;
 pub mod qmatmul;

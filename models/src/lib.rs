@@ -2,8 +2,10 @@
 //! DREAM, COPE, InterBERT), their weight loading (GGUF, safetensors), tokenizers and image
 //! preprocessing. No CLI and no I/O beyond reading model files.
 //!
+pub mod bert;
 mod error;
 pub mod llama;
+pub mod sentence;
 pub mod tokenizer;
 
 pub use error::{ModelError, Result};

@@ -5,6 +5,7 @@
 //! policy reads them.
 
 pub mod devices;
+pub mod embed;
 mod error;
 pub mod inspect;
 pub mod llm;

@@ -9,6 +9,7 @@ use kiln_runtime::inspect::{GgufSummary, human_bytes};
 use kiln_runtime::quantize::{QuantizeRequest, QuantizeSummary, parse_target, quantize_file};
 use kiln_runtime::{RuntimeError, probe_devices};
 
+mod cli_embed;
 mod cli_llm;
 
 /// Kiln: an inference runtime for e-commerce search and recommendation models.
@@ -63,6 +64,9 @@ enum Command {
     /// Classify queries into intents with a Llama-family GGUF model (label log-likelihoods, or a
     /// fine-tuned `score` head).
     Classify(cli_llm::ClassifyArgs),
+    /// Embed the texts of a JSONL, CSV or Parquet file into Parquet or .npy: resumable after a
+    /// kill, bad records to an errors file, a progress bar.
+    Embed(cli_embed::EmbedArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -74,6 +78,8 @@ enum Command {
 enum BenchCommand {
     /// llama-bench's pp/tg tests: prompt processing and token generation speed.
     Llm(cli_llm::BenchLlmArgs),
+    /// Embedding speed: texts/s and tokens/s over a file of texts, peak memory.
+    Embed(cli_embed::BenchEmbedArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +101,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Bench {
             what: BenchCommand::Llm(args),
         } => cli_llm::bench(args)?,
+        Command::Bench {
+            what: BenchCommand::Embed(args),
+        } => cli_embed::bench(args)?,
+        Command::Embed(args) => cli_embed::embed(args)?,
         Command::Devices { json } => {
             let devices = probe_devices();
             if json {

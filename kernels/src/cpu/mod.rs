@@ -6,6 +6,8 @@ pub mod act;
 pub mod dot_scalar;
 #[cfg(target_arch = "x86_64")]
 mod dot_x86;
+pub mod encoder;
+pub mod gemm;
 pub mod pool;
 
 use std::sync::OnceLock;

@@ -1,0 +1,142 @@
+//! The BERT encoder's ops on the CPU: dense layers on packed f32 weights (bias and GELU fused),
+//! masked multi-head self-attention straight from the fused QKV rows, and residual + LayerNorm.
+//!
+//! Flex only for now ([`crate::cpu::gemm`], [`crate::cpu::encoder`]); other backends run the
+//! encoder with Burn's own tensor ops (`kiln_models::bert`).
+
+mod flex;
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, backend_extension};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::cpu::gemm::{self, Act};
+use crate::{BackendKind, KernelError, Result};
+
+#[backend_extension(Flex)]
+pub trait EncoderOps: Backend {
+    /// `x[m, k] · W + bias` (then GELU), `W` `[k, n]` packed by [`gemm::pack_b`].
+    fn dense(
+        x: FloatTensor<Self>,
+        packed: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        k: usize,
+        n: usize,
+        gelu: bool,
+    ) -> FloatTensor<Self>;
+
+    /// `[batch·seq, 3·heads·head_dim]` fused QKV rows → `[batch·seq, heads·head_dim]` context.
+    fn self_attention(
+        qkv: FloatTensor<Self>,
+        lengths: Vec<u32>,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> FloatTensor<Self>;
+
+    /// `LayerNorm(x + residual)` over the last dimension.
+    fn add_layer_norm(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self>;
+}
+
+/// Whether these ops run on `device`.
+pub fn supports(device: &Device) -> bool {
+    matches!(BackendKind::of(device), Ok(BackendKind::Flex))
+}
+
+/// A dense layer with its weight packed for [`dense`].
+#[derive(Clone, Debug)]
+pub struct PackedLinear {
+    packed: Tensor<1>,
+    bias: Tensor<1>,
+    k: usize,
+    n: usize,
+}
+
+impl PackedLinear {
+    /// `w` is `[k, n]` row-major (inputs × outputs), `bias` `[n]`.
+    pub fn new(w: &[f32], bias: Vec<f32>, k: usize, n: usize, device: &Device) -> Result<Self> {
+        if !supports(device) {
+            return Err(KernelError::UnsupportedDevice(format!(
+                "packed dense layers run on the CPU (Flex), not {device:?}"
+            )));
+        }
+        if w.len() != k * n || bias.len() != n {
+            return Err(KernelError::Shape(format!(
+                "dense: weight of {} floats and bias of {} for [{k}, {n}]",
+                w.len(),
+                bias.len()
+            )));
+        }
+        let packed = gemm::pack_b(w, k, n);
+        let len = packed.len();
+        Ok(Self {
+            packed: Tensor::from_data(TensorData::new(packed, [len]), device),
+            bias: Tensor::from_data(TensorData::new(bias, [n]), device),
+            k,
+            n,
+        })
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.n
+    }
+}
+
+/// `x[m, k] · W + bias`, then `act`.
+pub fn dense(x: Tensor<2>, layer: &PackedLinear, act: Act) -> Tensor<2> {
+    let [_, k] = x.dims();
+    assert_eq!(
+        k, layer.k,
+        "dense: input width {k} for a [{}, {}] layer",
+        layer.k, layer.n
+    );
+    Tensor::from_dispatch(<Dispatch as EncoderOps>::dense(
+        x.into_dispatch(),
+        layer.packed.clone().into_dispatch(),
+        layer.bias.clone().into_dispatch(),
+        layer.k,
+        layer.n,
+        act == Act::Gelu,
+    ))
+}
+
+/// Masked self-attention of padded rows (see [`EncoderOps::self_attention`]).
+pub fn self_attention(
+    qkv: Tensor<2>,
+    lengths: &[usize],
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Tensor<2> {
+    let lengths = lengths.iter().map(|&l| l as u32).collect();
+    Tensor::from_dispatch(<Dispatch as EncoderOps>::self_attention(
+        qkv.into_dispatch(),
+        lengths,
+        seq,
+        heads,
+        head_dim,
+    ))
+}
+
+/// `LayerNorm(x + residual)` over rows.
+pub fn add_layer_norm(
+    x: Tensor<2>,
+    residual: Tensor<2>,
+    gamma: &Tensor<1>,
+    beta: &Tensor<1>,
+    eps: f32,
+) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as EncoderOps>::add_layer_norm(
+        x.into_dispatch(),
+        residual.into_dispatch(),
+        gamma.clone().into_dispatch(),
+        beta.clone().into_dispatch(),
+        eps,
+    ))
+}

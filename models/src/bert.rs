@@ -1,0 +1,666 @@
+//! BERT-family encoder (BERT, MiniLM, …) from a Hugging Face model directory: absolute position
+//! and token-type embeddings, post-LayerNorm blocks, exact (erf) GELU, and an attention mask so
+//! that padding never changes a real token's state.
+//!
+//! The graph follows HF transformers `models/bert/modeling_bert.py` (`BertEmbeddings`,
+//! `BertSelfAttention`, `BertSelfOutput`, `BertIntermediate`, `BertOutput`) in eval mode.
+//! Written with Burn tensor ops only, so it runs on every Burn device (Flex on the CPU, wgpu,
+//! CUDA).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use burn::tensor::module::{attention, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use kiln_kernels::cpu::gemm::Act;
+use kiln_kernels::encoder::{self, PackedLinear};
+
+use crate::{ModelError, Result};
+
+/// Hyperparameters from `config.json`, resolved once.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct BertConfig {
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_pos_type")]
+    pub position_embedding_type: String,
+}
+
+fn default_model_type() -> String {
+    "bert".into()
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_pos_type() -> String {
+    "absolute".into()
+}
+
+impl BertConfig {
+    /// Reads and checks `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+        let config: Self = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |msg: String| Err(ModelError::Config(msg));
+        if !matches!(self.model_type.as_str(), "bert") {
+            return Err(ModelError::Architecture(self.model_type.clone()));
+        }
+        if self.hidden_act != "gelu" {
+            return bad(format!(
+                "hidden_act {:?} is not supported (only \"gelu\")",
+                self.hidden_act
+            ));
+        }
+        if self.position_embedding_type != "absolute" {
+            return bad(format!(
+                "position_embedding_type {:?} is not supported (only \"absolute\")",
+                self.position_embedding_type
+            ));
+        }
+        let dims = [
+            self.vocab_size,
+            self.hidden_size,
+            self.num_hidden_layers,
+            self.num_attention_heads,
+            self.intermediate_size,
+            self.max_position_embeddings,
+            self.type_vocab_size,
+        ];
+        if dims.iter().any(|&d| d == 0 || d > 1 << 24) {
+            return bad(format!("config.json: implausible dimensions {dims:?}"));
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return bad(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+/// A padded batch of token sequences, as the encoder takes it.
+#[derive(Clone, Debug)]
+pub struct TokenBatch {
+    /// Rows × `seq_len` token ids, padded with 0.
+    pub ids: Vec<u32>,
+    /// Token type (segment) ids, same layout.
+    pub type_ids: Vec<u32>,
+    /// Real tokens per row (the rest is padding).
+    pub lengths: Vec<usize>,
+    pub seq_len: usize,
+}
+
+impl TokenBatch {
+    /// Pads `rows` (ids, type ids) to the longest row.
+    pub fn pad(rows: &[(&[u32], &[u32])]) -> Self {
+        let seq_len = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+        let mut ids = vec![0u32; rows.len() * seq_len];
+        let mut type_ids = vec![0u32; rows.len() * seq_len];
+        let mut lengths = Vec::with_capacity(rows.len());
+        for (r, (i, t)) in rows.iter().enumerate() {
+            ids[r * seq_len..r * seq_len + i.len()].copy_from_slice(i);
+            type_ids[r * seq_len..r * seq_len + t.len()].copy_from_slice(t);
+            lengths.push(i.len());
+        }
+        Self {
+            ids,
+            type_ids,
+            lengths,
+            seq_len,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.lengths.len()
+    }
+
+    /// Padded positions (`rows × seq_len`) minus real tokens.
+    pub fn padding(&self) -> usize {
+        self.rows() * self.seq_len - self.lengths.iter().sum::<usize>()
+    }
+}
+
+struct LayerNorm {
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// `LayerNorm(x + residual)` over the last dimension (`torch.nn.LayerNorm`, biased
+    /// variance).
+    fn forward(&self, x: Tensor<2>, residual: Tensor<2>, fast: bool) -> Tensor<2> {
+        if fast {
+            return encoder::add_layer_norm(x, residual, &self.gamma, &self.beta, self.eps as f32);
+        }
+        let x = x + residual;
+        let (var, mean) = x.clone().var_mean_bias(1);
+        let x = (x - mean) / (var + self.eps).sqrt();
+        x * self.gamma.clone().unsqueeze() + self.beta.clone().unsqueeze()
+    }
+}
+
+/// A dense layer: packed for Kiln's CPU kernels on Flex, a plain `[in, out]` matrix for Burn's
+/// ops elsewhere.
+enum Dense {
+    Packed(PackedLinear),
+    Plain { w: Tensor<2>, b: Tensor<1> },
+}
+
+impl Dense {
+    /// From PyTorch's `[out, in]` weight.
+    fn new(w: &[f32], b: Vec<f32>, out: usize, inp: usize, device: &Device) -> Result<Self> {
+        let t = transpose(w, out, inp);
+        if encoder::supports(device) {
+            return Ok(Dense::Packed(PackedLinear::new(&t, b, inp, out, device)?));
+        }
+        Ok(Dense::Plain {
+            w: Tensor::from_data(TensorData::new(t, [inp, out]), device),
+            b: Tensor::from_data(TensorData::new(b, [out]), device),
+        })
+    }
+
+    fn forward(&self, x: Tensor<2>, act: Act) -> Tensor<2> {
+        match self {
+            Dense::Packed(p) => encoder::dense(x, p, act),
+            Dense::Plain { w, b } => {
+                let y = linear(x, w.clone(), Some(b.clone()));
+                match act {
+                    Act::Gelu => burn::tensor::activation::gelu(y),
+                    Act::None => y,
+                }
+            }
+        }
+    }
+}
+
+struct Layer {
+    /// Q, K and V side by side: `[hidden, 3·hidden]`.
+    qkv: Dense,
+    attn_out: Dense,
+    attn_norm: LayerNorm,
+    ffn_up: Dense,
+    ffn_down: Dense,
+    ffn_norm: LayerNorm,
+}
+
+/// A loaded BERT encoder on one device.
+pub struct Bert {
+    config: BertConfig,
+    word: Tensor<2>,
+    position: Tensor<2>,
+    token_type: Tensor<2>,
+    emb_norm: LayerNorm,
+    layers: Vec<Layer>,
+    device: Device,
+    /// Kiln's CPU encoder kernels (Flex) rather than Burn's generic ops.
+    fast: bool,
+}
+
+/// Named weights read from a safetensors file, as f32 with their shapes.
+struct Weights<'a> {
+    st: SafeTensors<'a>,
+    /// `bert.` or `` — checkpoints saved from `BertForX` carry the prefix.
+    prefix: String,
+    used: HashSet<String>,
+}
+
+impl<'a> Weights<'a> {
+    fn new(bytes: &'a [u8], path: &Path) -> Result<Self> {
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+        let prefix = if st.names().iter().any(|n| n.starts_with("bert.embeddings.")) {
+            "bert.".to_string()
+        } else {
+            String::new()
+        };
+        Ok(Self {
+            st,
+            prefix,
+            used: HashSet::new(),
+        })
+    }
+
+    /// The tensor `name` (without prefix) as f32, checked against `shape`.
+    fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let full = format!("{}{name}", self.prefix);
+        let view = self
+            .st
+            .tensor(&full)
+            .map_err(|_| ModelError::MissingTensor {
+                tensor: full.clone(),
+            })?;
+        if view.shape() != shape {
+            return Err(ModelError::Shape {
+                tensor: full,
+                expected: shape.to_vec(),
+                found: view.shape().to_vec(),
+            });
+        }
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(ModelError::Config(format!(
+                    "{full}: dtype {other:?} is not supported (F32, F16, BF16)"
+                )));
+            }
+        };
+        self.used.insert(full);
+        Ok(values)
+    }
+
+    /// Names in the file that the encoder did not read, except known leftovers.
+    fn unused(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .st
+            .names()
+            .into_iter()
+            .filter(|n| !self.used.contains(*n))
+            .filter(|n| !n.ends_with("position_ids") && !n.contains("pooler."))
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// `[out, in]` row-major to `[in, out]`.
+fn transpose(w: &[f32], out: usize, inp: usize) -> Vec<f32> {
+    let mut t = vec![0f32; w.len()];
+    for o in 0..out {
+        for i in 0..inp {
+            t[i * out + o] = w[o * inp + i];
+        }
+    }
+    t
+}
+
+impl Bert {
+    /// Loads `config.json` and `model.safetensors` from a Hugging Face model directory.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let config = BertConfig::from_file(&dir.join("config.json"))?;
+        let path = dir.join("model.safetensors");
+        let bytes = std::fs::read(&path)
+            .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+        Self::from_safetensors(config, &bytes, &path, device)
+    }
+
+    /// Builds the encoder from safetensors bytes (`path` only names them in errors).
+    pub fn from_safetensors(
+        config: BertConfig,
+        bytes: &[u8],
+        path: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        config.check()?;
+        let mut w = Weights::new(bytes, path)?;
+        let h = config.hidden_size;
+        let ff = config.intermediate_size;
+        let eps = config.layer_norm_eps;
+        let t2 = |v: Vec<f32>, r: usize, c: usize| {
+            Tensor::<2>::from_data(TensorData::new(v, [r, c]), device)
+        };
+        let t1 = |v: Vec<f32>| {
+            let n = v.len();
+            Tensor::<1>::from_data(TensorData::new(v, [n]), device)
+        };
+        let norm = |w: &mut Weights, name: &str| -> Result<LayerNorm> {
+            Ok(LayerNorm {
+                gamma: t1(w.get(&format!("{name}.weight"), &[h])?),
+                beta: t1(w.get(&format!("{name}.bias"), &[h])?),
+                eps,
+            })
+        };
+        let dense = |w: &mut Weights, name: &str, out: usize, inp: usize| -> Result<Dense> {
+            let weight = w.get(&format!("{name}.weight"), &[out, inp])?;
+            let bias = w.get(&format!("{name}.bias"), &[out])?;
+            Dense::new(&weight, bias, out, inp, device)
+        };
+
+        let word = t2(
+            w.get("embeddings.word_embeddings.weight", &[config.vocab_size, h])?,
+            config.vocab_size,
+            h,
+        );
+        let position = t2(
+            w.get(
+                "embeddings.position_embeddings.weight",
+                &[config.max_position_embeddings, h],
+            )?,
+            config.max_position_embeddings,
+            h,
+        );
+        let token_type = t2(
+            w.get(
+                "embeddings.token_type_embeddings.weight",
+                &[config.type_vocab_size, h],
+            )?,
+            config.type_vocab_size,
+            h,
+        );
+        let emb_norm = norm(&mut w, "embeddings.LayerNorm")?;
+
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            // Q, K, V fused into one [h, 3h] matrix: one matmul instead of three.
+            let mut qkv_w = Vec::with_capacity(3 * h * h);
+            let mut qkv_b = Vec::with_capacity(3 * h);
+            for part in ["query", "key", "value"] {
+                qkv_w.extend(w.get(&format!("{p}.attention.self.{part}.weight"), &[h, h])?);
+                qkv_b.extend(w.get(&format!("{p}.attention.self.{part}.bias"), &[h])?);
+            }
+            layers.push(Layer {
+                qkv: Dense::new(&qkv_w, qkv_b, 3 * h, h, device)?,
+                attn_out: dense(&mut w, &format!("{p}.attention.output.dense"), h, h)?,
+                attn_norm: norm(&mut w, &format!("{p}.attention.output.LayerNorm"))?,
+                ffn_up: dense(&mut w, &format!("{p}.intermediate.dense"), ff, h)?,
+                ffn_down: dense(&mut w, &format!("{p}.output.dense"), h, ff)?,
+                ffn_norm: norm(&mut w, &format!("{p}.output.LayerNorm"))?,
+            });
+        }
+        let unused = w.unused();
+        if !unused.is_empty() {
+            return Err(ModelError::Config(format!(
+                "{}: tensors the BERT encoder does not use: {}",
+                path.display(),
+                unused.join(", ")
+            )));
+        }
+        Ok(Self {
+            config,
+            word,
+            position,
+            token_type,
+            emb_norm,
+            layers,
+            device: device.clone(),
+            fast: encoder::supports(device),
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Checks a batch against the model's limits: an error, not a panic, for bad input.
+    pub fn check_batch(&self, batch: &TokenBatch) -> Result<()> {
+        let c = &self.config;
+        if batch.seq_len > c.max_position_embeddings {
+            return Err(ModelError::Config(format!(
+                "sequence of {} tokens is longer than max_position_embeddings {}",
+                batch.seq_len, c.max_position_embeddings
+            )));
+        }
+        if let Some(&id) = batch.ids.iter().find(|&&i| i as usize >= c.vocab_size) {
+            return Err(ModelError::Config(format!(
+                "token id {id} is outside the vocabulary ({})",
+                c.vocab_size
+            )));
+        }
+        if let Some(&t) = batch
+            .type_ids
+            .iter()
+            .find(|&&t| t as usize >= c.type_vocab_size)
+        {
+            return Err(ModelError::Config(format!(
+                "token type id {t} is outside type_vocab_size {}",
+                c.type_vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Final hidden states `[rows, seq_len, hidden]` (padded positions hold junk, never read).
+    pub fn forward(&self, batch: &TokenBatch) -> Result<Tensor<3>> {
+        self.check_batch(batch)?;
+        let (b, s) = (batch.rows(), batch.seq_len);
+        let c = &self.config;
+        let (h, nh, hd) = (c.hidden_size, c.num_attention_heads, c.head_dim());
+        let ids = |v: &[u32]| {
+            let v: Vec<i32> = v.iter().map(|&i| i as i32).collect();
+            Tensor::<1, Int>::from_data(TensorData::new(v, [b * s]), &self.device)
+        };
+        let positions: Vec<u32> = (0..b).flat_map(|_| 0..s as u32).collect();
+        let rows = |table: &Tensor<2>, idx: &[u32]| table.clone().select(0, ids(idx));
+
+        // Embeddings: LayerNorm(word + token type + position).
+        let x = rows(&self.word, &batch.ids) + rows(&self.token_type, &batch.type_ids);
+        let mut x = self
+            .emb_norm
+            .forward(x, rows(&self.position, &positions), self.fast);
+
+        // Keys past a row's length are masked (true = masked) for every query and head.
+        let mask = (!self.fast).then(|| {
+            let mask: Vec<bool> = batch
+                .lengths
+                .iter()
+                .flat_map(|&len| (0..s).map(move |j| j >= len))
+                .collect();
+            Tensor::<4, Bool>::from_data(TensorData::new(mask, [b, 1, 1, s]), &self.device)
+                .expand([b, nh, s, s])
+        });
+
+        for layer in &self.layers {
+            let qkv = layer.qkv.forward(x.clone(), Act::None); // [b·s, 3h]
+            let ctx = match &mask {
+                None => encoder::self_attention(qkv, &batch.lengths, s, nh, hd),
+                Some(mask) => {
+                    let qkv = qkv.reshape([b, s, 3, nh, hd]);
+                    let part = |i: usize| {
+                        qkv.clone()
+                            .narrow(2, i, 1)
+                            .reshape([b, s, nh, hd])
+                            .swap_dims(1, 2)
+                    };
+                    let ctx = attention(
+                        part(0),
+                        part(1),
+                        part(2),
+                        Some(mask.clone()),
+                        None,
+                        AttentionModuleOptions::default(),
+                    );
+                    ctx.swap_dims(1, 2).reshape([b * s, h])
+                }
+            };
+            x = layer
+                .attn_norm
+                .forward(layer.attn_out.forward(ctx, Act::None), x, self.fast);
+            let up = layer.ffn_up.forward(x.clone(), Act::Gelu);
+            x = layer
+                .ffn_norm
+                .forward(layer.ffn_down.forward(up, Act::None), x, self.fast);
+        }
+        Ok(x.reshape([b, s, h]))
+    }
+}
+
+/// How token states become one vector (sentence-transformers `Pooling`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    Cls,
+    Mean,
+    Max,
+    MeanSqrtLen,
+}
+
+impl Pooling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Cls => "cls",
+            Pooling::Mean => "mean",
+            Pooling::Max => "max",
+            Pooling::MeanSqrtLen => "mean_sqrt_len",
+        }
+    }
+}
+
+/// Pools `[rows, seq_len, hidden]` states over each row's real tokens; optionally L2-normalizes
+/// (sentence-transformers `Normalize`, which divides by `max(‖v‖, 1e-12)`).
+pub fn pool(states: Tensor<3>, lengths: &[usize], modes: &[Pooling], normalize: bool) -> Tensor<2> {
+    let [b, s, h] = states.dims();
+    let device = states.device();
+    let keep: Vec<f32> = lengths
+        .iter()
+        .flat_map(|&len| (0..s).map(move |j| if j < len { 1.0 } else { 0.0 }))
+        .collect();
+    let keep = Tensor::<3>::from_data(TensorData::new(keep, [b, s, 1]), &device);
+    let lens: Vec<f32> = lengths.iter().map(|&l| l.max(1) as f32).collect();
+    let lens = Tensor::<2>::from_data(TensorData::new(lens, [b, 1]), &device);
+    let mut parts = Vec::with_capacity(modes.len());
+    for &mode in modes {
+        let v = match mode {
+            Pooling::Cls => states.clone().narrow(1, 0, 1).reshape([b, h]),
+            Pooling::Mean | Pooling::MeanSqrtLen => {
+                let sum = (states.clone() * keep.clone()).sum_dim(1).reshape([b, h]);
+                if mode == Pooling::Mean {
+                    sum / lens.clone()
+                } else {
+                    sum / lens.clone().sqrt()
+                }
+            }
+            Pooling::Max => {
+                // Padding set to -1e9 as sentence-transformers does.
+                let pad = (keep.clone() - 1.0) * 1e9;
+                (states.clone() * keep.clone() + pad)
+                    .max_dim(1)
+                    .reshape([b, h])
+            }
+        };
+        parts.push(v);
+    }
+    let v = if parts.len() == 1 {
+        parts.pop().expect("one part")
+    } else {
+        Tensor::cat(parts, 1)
+    };
+    if normalize {
+        let norm = (v.clone() * v.clone()).sum_dim(1).sqrt().clamp_min(1e-12);
+        v / norm
+    } else {
+        v
+    }
+}
+
+/// `modules.json` + `1_Pooling/config.json`: the pooling modes and whether vectors are
+/// normalized.
+pub fn read_pipeline(dir: &Path) -> Result<(Vec<Pooling>, bool)> {
+    #[derive(Deserialize)]
+    struct Module {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        path: String,
+    }
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| ModelError::Config(format!("{}: {e}", p.display())))
+    };
+    let modules_path = dir.join("modules.json");
+    if !modules_path.exists() {
+        // A plain BertModel directory: mean pooling, no normalization.
+        return Ok((vec![Pooling::Mean], false));
+    }
+    let modules: Vec<Module> = serde_json::from_str(&read(&modules_path)?)
+        .map_err(|e| ModelError::Config(format!("{}: {e}", modules_path.display())))?;
+    let mut pooling = None;
+    let mut normalize = false;
+    for m in &modules {
+        match m.kind.rsplit('.').next().unwrap_or("") {
+            "Transformer" => {}
+            "Pooling" => {
+                let p = dir.join(&m.path).join("config.json");
+                let cfg: HashMap<String, serde_json::Value> = serde_json::from_str(&read(&p)?)
+                    .map_err(|e| ModelError::Config(format!("{}: {e}", p.display())))?;
+                let on = |k: &str| cfg.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+                let mut modes = Vec::new();
+                // sentence-transformers concatenates in this order.
+                if on("pooling_mode_cls_token") {
+                    modes.push(Pooling::Cls);
+                }
+                if on("pooling_mode_max_tokens") {
+                    modes.push(Pooling::Max);
+                }
+                if on("pooling_mode_mean_tokens") {
+                    modes.push(Pooling::Mean);
+                }
+                if on("pooling_mode_mean_sqrt_len_tokens") {
+                    modes.push(Pooling::MeanSqrtLen);
+                }
+                for k in ["pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken"] {
+                    if on(k) {
+                        return Err(ModelError::Config(format!(
+                            "{}: {k} is not supported",
+                            p.display()
+                        )));
+                    }
+                }
+                if modes.is_empty() {
+                    return Err(ModelError::Config(format!(
+                        "{}: no pooling mode is on",
+                        p.display()
+                    )));
+                }
+                pooling = Some(modes);
+            }
+            "Normalize" => normalize = true,
+            other => {
+                return Err(ModelError::Config(format!(
+                    "{}: module {other:?} is not supported (Transformer, Pooling, Normalize)",
+                    modules_path.display()
+                )));
+            }
+        }
+    }
+    Ok((pooling.unwrap_or_else(|| vec![Pooling::Mean]), normalize))
+}
