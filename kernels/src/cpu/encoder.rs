@@ -534,21 +534,32 @@ fn norm_row_avx2(x: &[f32], r: &[f32], g: &[f32], b: &[f32], eps: f32, out: &mut
     norm_row_generic(x, r, g, b, eps, out)
 }
 
+/// Sums in [`LANES`] partial sums (a fixed order the compiler vectorizes), then across them.
+#[inline(always)]
+fn lane_sum(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += f(x);
+        }
+    }
+    for (l, &x) in lanes.iter_mut().zip(tail) {
+        *l += f(x);
+    }
+    lanes.iter().sum()
+}
+
 #[inline(always)]
 fn norm_row_generic(x: &[f32], r: &[f32], g: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
     let n = x.len() as f32;
-    let mut sum = 0f32;
     for ((o, &a), &c) in out.iter_mut().zip(x).zip(r) {
         *o = a + c;
-        sum += *o;
     }
-    let mean = sum / n;
-    let mut var = 0f32;
-    for o in out.iter() {
-        let d = o - mean;
-        var += d * d;
-    }
-    let inv = 1.0 / (var / n + eps).sqrt();
+    let mean = lane_sum(out, |v| v) / n;
+    let var = lane_sum(out, |v| (v - mean) * (v - mean)) / n;
+    let inv = 1.0 / (var + eps).sqrt();
     for ((o, &gv), &bv) in out.iter_mut().zip(g).zip(b) {
         *o = (*o - mean) * inv * gv + bv;
     }
