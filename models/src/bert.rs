@@ -98,7 +98,7 @@ impl BertConfig {
         if dims.iter().any(|&d| d == 0 || d > 1 << 24) {
             return bad(format!("config.json: implausible dimensions {dims:?}"));
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads

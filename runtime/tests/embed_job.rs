@@ -92,8 +92,10 @@ fn rows(n: usize) -> Vec<(String, String)> {
         .collect()
 }
 
-/// (ids, vectors, metadata) of a Parquet output.
-fn read_parquet(path: &Path) -> (Vec<String>, Vec<Vec<f32>>, Vec<(String, String)>) {
+/// A Parquet output: ids, vectors, schema metadata (sorted).
+type Table = (Vec<String>, Vec<Vec<f32>>, Vec<(String, String)>);
+
+fn read_parquet(path: &Path) -> Table {
     let file = std::fs::File::open(path).unwrap();
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
     let mut meta: Vec<(String, String)> = builder

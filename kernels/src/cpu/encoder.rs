@@ -36,6 +36,13 @@ pub struct AttnShape {
 
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
+
+impl Out {
+    /// Through a method, so that closures capture the `Sync` wrapper, not the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 // SAFETY: each (row, head) task writes only its own columns of its own rows.
 unsafe impl Send for Out {}
 // SAFETY: as above.
@@ -59,7 +66,6 @@ pub fn attention(isa: Isa, qkv: &[f32], lengths: &[usize], s: AttnShape) -> Vec<
     let pool = pool();
     let parts = if work < 1 << 15 { 1 } else { pool.threads() };
     let job = |t: usize| {
-        let ptr = ptr;
         if t >= parts {
             return;
         }
@@ -68,7 +74,7 @@ pub fn attention(isa: Isa, qkv: &[f32], lengths: &[usize], s: AttnShape) -> Vec<
         for task in (0..tasks).skip(t).step_by(parts) {
             let (b, head) = (task / s.heads, task % s.heads);
             // SAFETY: task (b, head) writes rows of batch b, columns of `head` only.
-            unsafe { one_head(isa, qkv, lengths[b], b, head, s, ptr.0, &mut scratch) };
+            unsafe { one_head(isa, qkv, lengths[b], b, head, s, ptr.get(), &mut scratch) };
         }
     };
     if parts == 1 {
@@ -492,20 +498,19 @@ pub fn add_layer_norm(
     eps: f32,
 ) -> Vec<f32> {
     let h = gamma.len();
-    assert!(x.len() == residual.len() && x.len() % h == 0 && beta.len() == h);
+    assert!(x.len() == residual.len() && x.len().is_multiple_of(h) && beta.len() == h);
     let mut out = vec![0f32; x.len()];
     let rows = x.len() / h;
     let pool = pool();
     let parts = if x.len() < 1 << 15 { 1 } else { pool.threads() };
     let ptr = Out(out.as_mut_ptr());
     let job = |t: usize| {
-        let ptr = ptr;
         if t >= parts {
             return;
         }
         for r in share(rows, parts, t) {
             // SAFETY: row r belongs to this thread only.
-            let dst = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(r * h), h) };
+            let dst = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r * h), h) };
             let (xs, rs) = (&x[r * h..(r + 1) * h], &residual[r * h..(r + 1) * h]);
             norm_row(isa, xs, rs, gamma, beta, eps, dst);
         }

@@ -60,7 +60,7 @@ fn erf(x: f32) -> f32 {
     p = x2.mul_add(p, -2.101_024e-6);
     p = x2.mul_add(p, -5.692_506_4e-5);
     p = x2.mul_add(p, -7.349_906_3e-4);
-    p = x2.mul_add(p, -2.954_600_0e-3);
+    p = x2.mul_add(p, -2.954_6e-3);
     p = x2.mul_add(p, -1.609_603_3e-2);
     let mut q = x2.mul_add(-1.456_607_2e-5, -2.133_740_6e-4);
     q = x2.mul_add(q, -1.682_827e-3);
@@ -124,12 +124,20 @@ pub fn gemm_ref(
 /// A raw output pointer shared by the threads, each writing its own rows or columns.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
+
+impl Out {
+    /// Through a method, so that closures capture the `Sync` wrapper, not the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 // SAFETY: the threads write disjoint parts of the output (`share` partitions rows or panels).
 unsafe impl Send for Out {}
 // SAFETY: as above.
 unsafe impl Sync for Out {}
 
 /// `y[m, n] = x[m, k] · B + bias`, then `act`; `packed` from [`pack_b`].
+#[allow(clippy::too_many_arguments)]
 pub fn gemm(
     isa: Isa,
     x: &[f32],
@@ -159,7 +167,6 @@ pub fn gemm(
     let by_rows = m >= threads * 2 * MR;
     let parts = if m * n * k < 1 << 16 { 1 } else { threads };
     let job = |t: usize| {
-        let out = out;
         let (rows, cols) = if parts == 1 {
             if t != 0 {
                 return;
@@ -177,7 +184,7 @@ pub fn gemm(
         }
         // SAFETY: this thread writes only rows `rows` × panels `cols` of `y`, disjoint from
         // every other thread's part, and `y` outlives the job.
-        unsafe { gemm_part(isa, x, k, packed, n, bias, act, out.0, rows, cols) };
+        unsafe { gemm_part(isa, x, k, packed, n, bias, act, out.get(), rows, cols) };
     };
     if parts == 1 {
         job(0);

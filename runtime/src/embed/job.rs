@@ -5,9 +5,9 @@
 //! within a token budget). Each finished window is committed to `<output>.partial/` as
 //! `chunk-NNNNNN.f32` (vectors) + `chunk-NNNNNN.json` (lines, ids, bad records), the JSON renamed
 //! into place last, so a killed job restarted with the same arguments skips every committed
-//! window. At the end the chunks are merged, in input order, into the output (Parquet, or `.npy`
-//! + `.ids.jsonl`) under a temporary name that is renamed when complete; bad records go to
-//! `<output>.errors.jsonl` with their line and reason.
+//! window. At the end the chunks are merged, in input order, into the output (Parquet, or
+//! `.npy` and `.ids.jsonl`) under a temporary name that is renamed when complete; bad records go
+//! to `<output>.errors.jsonl` with their line and reason.
 
 use std::collections::HashSet;
 use std::fs::{self, File};

@@ -60,7 +60,8 @@ impl Embeddings {
 }
 
 /// Groups row indices (sorted by length, longest first) into batches whose padded size
-/// (rows × longest row) stays within `budget` tokens. Returns the batches and the padding.
+/// (rows × longest row) stays within `budget` tokens and whose rows are at least ¾ as long as
+/// the longest.
 pub fn plan_batches(lengths: &[usize], budget: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     // Longest first; ties by index so that the plan is deterministic.
@@ -71,8 +72,12 @@ pub fn plan_batches(lengths: &[usize], budget: usize) -> Vec<Vec<usize>> {
     for i in order {
         let len = lengths[i].max(1);
         let new_longest = longest.max(len);
+        // Close the batch when the next row would not fit, or is under ¾ of the longest (so
+        // that padding stays under a quarter even when few rows share a length).
         if !current.is_empty()
-            && ((current.len() + 1) * new_longest > budget || current.len() >= MAX_BATCH_ROWS)
+            && ((current.len() + 1) * new_longest > budget
+                || current.len() >= MAX_BATCH_ROWS
+                || len * 4 < longest * 3)
         {
             batches.push(std::mem::take(&mut current));
             longest = 0;
@@ -191,6 +196,10 @@ mod tests {
             assert!(b.len() == 1 || b.len() * longest <= 300, "{b:?}");
         }
         assert_eq!(batches[0], vec![1], "the longest row alone");
+        for b in &batches {
+            let longest = b.iter().map(|&i| lengths[i]).max().unwrap();
+            assert!(b.iter().all(|&i| lengths[i] * 4 >= longest * 3), "{b:?}");
+        }
     }
 
     #[test]
