@@ -210,4 +210,214 @@ fn wgpu_embeddings_match_sentence_transformers() {
     let got = embedder.embed(&refs(&want.texts)).unwrap();
     eprintln!("wgpu ({}): {:.2} s", info.name, t.elapsed().as_secs_f64());
     assert_matches(&got, &want, &format!("wgpu {}", info.name));
+    // Batch contents: Burn's GPU kernels may tile differently per shape, so close, not equal.
+    for i in [0usize, 17, 200] {
+        let alone = embedder.embed(&[want.texts[i].as_str()]).unwrap();
+        let d = alone
+            .row(0)
+            .iter()
+            .zip(got.row(i))
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-5, "wgpu: text {i} alone differs by {d}");
+    }
+}
+
+/// A temporary model directory: the fixture's files linked, some replaced.
+fn variant_dir(
+    fixture: &std::path::Path,
+    name: &str,
+    replace: &[(&str, &[u8])],
+) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-st-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    for entry in std::fs::read_dir(fixture).unwrap() {
+        let entry = entry.unwrap();
+        let file = entry.file_name();
+        let file = file.to_str().unwrap();
+        if entry.path().is_file() && !replace.iter().any(|(r, _)| *r == file) {
+            std::os::unix::fs::symlink(entry.path(), dir.join(file)).unwrap();
+        }
+    }
+    for (file, bytes) in replace {
+        std::fs::write(dir.join(file), bytes).unwrap();
+    }
+    dir
+}
+
+/// CLS, max, mean-sqrt-len pooling, their concatenation, and no Normalize, against
+/// sentence-transformers with the same pipeline configs.
+#[test]
+fn every_pooling_mode_matches_sentence_transformers() {
+    let Some(fixture) = fixture("minilm") else {
+        return;
+    };
+    let want = expected();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/data/embed/minilm_st.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let subset: Vec<&str> = json["variant_texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| want.texts[i.as_u64().unwrap() as usize].as_str())
+        .collect();
+    for (name, v) in json["variants"].as_object().unwrap() {
+        let modes: Vec<&str> = v["modes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap())
+            .collect();
+        let normalize = v["normalize"].as_bool().unwrap();
+        let mut pooling = serde_json::json!({"word_embedding_dimension": 384});
+        for m in [
+            "cls_token",
+            "mean_tokens",
+            "max_tokens",
+            "mean_sqrt_len_tokens",
+        ] {
+            pooling[format!("pooling_mode_{m}")] = modes.contains(&m).into();
+        }
+        let mut modules = vec![
+            serde_json::json!({"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}),
+            serde_json::json!({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}),
+        ];
+        if normalize {
+            modules.push(serde_json::json!({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}));
+        }
+        let pooling = pooling.to_string();
+        let modules = serde_json::Value::from(modules).to_string();
+        let dir = variant_dir(
+            &fixture,
+            name,
+            &[
+                ("1_Pooling/config.json", pooling.as_bytes()),
+                ("modules.json", modules.as_bytes()),
+            ],
+        );
+        let embedder = Embedder::load(&dir, &Device::flex()).unwrap();
+        let dim = v["dim"].as_u64().unwrap() as usize;
+        assert_eq!(
+            (embedder.dim(), embedder.normalized()),
+            (dim, normalize),
+            "{name}"
+        );
+        let got = embedder.embed(&subset).unwrap();
+        let bytes = std::fs::read(format!(
+            "{}/data/embed/minilm_st_{name}.f32",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let exp: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let mut worst = 0f64;
+        for i in 0..subset.len() {
+            let (a, b) = (got.row(i), &exp[i * dim..(i + 1) * dim]);
+            // Direction and length: unnormalized vectors must match in scale too.
+            let diff: f64 = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| ((x - y) as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
+            worst = worst.max(diff / norm);
+            assert!(cosine(a, b) >= 0.9999, "{name}: text {i}");
+        }
+        eprintln!("{name}: largest relative difference {worst:e}");
+        assert!(worst < 1e-5, "{name}: relative difference {worst}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+/// Broken model directories are errors that say what is wrong, never panics.
+#[test]
+fn bad_model_directories_are_errors() {
+    let Some(fixture) = fixture("minilm") else {
+        return;
+    };
+    let load = |dir: &std::path::Path| match Embedder::load(dir, &Device::flex()) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    };
+    let err = load(std::path::Path::new("/nonexistent/model"));
+    assert!(err.contains("not a model directory"), "{err}");
+
+    let config = std::fs::read_to_string(fixture.join("config.json")).unwrap();
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("config.json", "{ not json".into(), "config.json"),
+        (
+            "config.json",
+            config.replace("\"hidden_size\": 384", "\"hidden_size\": 0"),
+            "implausible",
+        ),
+        (
+            "config.json",
+            config.replace("\"num_attention_heads\": 12", "\"num_attention_heads\": 7"),
+            "multiple",
+        ),
+        (
+            "config.json",
+            config.replace("\"hidden_size\": 384", "\"hidden_size\": 768"),
+            "expected shape",
+        ),
+        (
+            "config.json",
+            config.replace("\"hidden_act\": \"gelu\"", "\"hidden_act\": \"swish\""),
+            "hidden_act",
+        ),
+        (
+            "config.json",
+            config.replace("\"model_type\": \"bert\"", "\"model_type\": \"roberta\""),
+            "roberta",
+        ),
+        ("model.safetensors", "garbage".into(), "model.safetensors"),
+        ("tokenizer.json", "{}".into(), "tokenizer"),
+        (
+            "sentence_bert_config.json",
+            "{\"max_seq_length\": -3}".into(),
+            "max_seq_length",
+        ),
+        (
+            "modules.json",
+            "[{\"type\": \"sentence_transformers.models.Dense\", \"path\": \"2_Dense\"}]".into(),
+            "Dense",
+        ),
+    ];
+    for (i, (file, bytes, expect)) in cases.iter().enumerate() {
+        let dir = variant_dir(&fixture, &format!("bad{i}"), &[(file, bytes.as_bytes())]);
+        // The pooling config lives in a subdirectory the helper does not link.
+        std::os::unix::fs::symlink(
+            fixture.join("1_Pooling/config.json"),
+            dir.join("1_Pooling/config.json"),
+        )
+        .unwrap();
+        let err = load(&dir);
+        assert!(err.contains(expect), "{file}: {err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+    // A truncated weight file names the problem too.
+    let weights = std::fs::read(fixture.join("model.safetensors")).unwrap();
+    let dir = variant_dir(
+        &fixture,
+        "short",
+        &[("model.safetensors", &weights[..weights.len() / 2])],
+    );
+    std::os::unix::fs::symlink(
+        fixture.join("1_Pooling/config.json"),
+        dir.join("1_Pooling/config.json"),
+    )
+    .unwrap();
+    let err = load(&dir);
+    assert!(err.contains("model.safetensors"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
 }
