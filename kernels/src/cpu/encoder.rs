@@ -277,8 +277,172 @@ unsafe fn one_head_avx2(
     out: *mut f32,
     scratch: &mut Scratch,
 ) {
-    // SAFETY: forwarded.
-    unsafe { one_head_generic(qkv, len, b, head, s, out, scratch) }
+    // SAFETY (all): AVX2 and FMA are enabled here; bounds forwarded from the caller.
+    match s.head_dim {
+        32 => unsafe { avx2::head::<32, 4, 2>(qkv, len, b, head, s, out, scratch) },
+        64 => unsafe { avx2::head::<64, 8, 1>(qkv, len, b, head, s, out, scratch) },
+        _ => unsafe { one_head_generic(qkv, len, b, head, s, out, scratch) },
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{AttnShape, LANES, Scratch};
+    use std::arch::x86_64::*;
+
+    /// Queries per score block.
+    const QB: usize = 4;
+
+    /// `e^x` for `x ≤ 0` in 8 lanes (as `exp_nonpos`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+        let i = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let f = _mm256_fnmadd_ps(i, _mm256_set1_ps(0.693_359_4), x);
+        let f = _mm256_fmadd_ps(i, _mm256_set1_ps(2.121_944_4e-4), f);
+        let mut p = _mm256_set1_ps(0.001_392_9);
+        for c in [0.008_333_38, 0.041_666_45, 0.166_666_67, 0.5, 1.0, 1.0] {
+            p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c));
+        }
+        let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(i),
+            _mm256_set1_epi32(127),
+        ));
+        _mm256_mul_ps(p, _mm256_castsi256_ps(e))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hmax(v: __m256) -> f32 {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
+        _mm_cvtss_f32(m)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_add_ss(m, _mm_shuffle_ps::<1>(m, m));
+        _mm_cvtss_f32(m)
+    }
+
+    /// One head, `HD = 8·V` floats per head; P·V for `G` queries at a time.
+    ///
+    /// # Safety
+    /// AVX2 and FMA present; `out` as for `one_head`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn head<const HD: usize, const V: usize, const G: usize>(
+        qkv: &[f32],
+        len: usize,
+        b: usize,
+        head: usize,
+        s: AttnShape,
+        out: *mut f32,
+        scratch: &mut Scratch,
+    ) {
+        debug_assert_eq!(HD, 8 * V);
+        let h = s.heads * HD;
+        let base = b * s.seq * 3 * h;
+        assert!(qkv.len() >= base + len * 3 * h);
+        let stride = len.next_multiple_of(LANES);
+        scratch.kt.clear();
+        scratch.kt.resize(HD * stride, 0.0);
+        scratch.v.clear();
+        for j in 0..len {
+            let r = &qkv[base + j * 3 * h..base + (j + 1) * 3 * h];
+            let k = &r[h + head * HD..h + head * HD + HD];
+            for (d, &kv) in k.iter().enumerate() {
+                scratch.kt[d * stride + j] = kv;
+            }
+            scratch
+                .v
+                .extend_from_slice(&r[2 * h + head * HD..2 * h + head * HD + HD]);
+        }
+        scratch.scores.clear();
+        scratch.scores.resize(QB * stride, 0.0);
+        let scale = _mm256_set1_ps(1.0 / (HD as f32).sqrt());
+        let kt = scratch.kt.as_ptr();
+        let vp = scratch.v.as_ptr();
+        let sp = scratch.scores.as_mut_ptr();
+        let q_at = |i: usize| qkv.as_ptr().wrapping_add(base + i * 3 * h + head * HD);
+        let mut i0 = 0;
+        while i0 < len {
+            let qn = QB.min(len - i0);
+            // SAFETY: pointers stay inside kt (HD·stride), v (len·HD), scores (QB·stride) and
+            // rows i0..i0+qn of qkv (asserted above).
+            unsafe {
+                let mut jc = 0;
+                while jc < stride {
+                    let mut acc = [[_mm256_setzero_ps(); 2]; QB];
+                    for d in 0..HD {
+                        let k0 = _mm256_loadu_ps(kt.add(d * stride + jc));
+                        let k1 = _mm256_loadu_ps(kt.add(d * stride + jc + 8));
+                        for (qi, a) in acc.iter_mut().enumerate().take(qn) {
+                            let q = _mm256_broadcast_ss(&*q_at(i0 + qi).add(d));
+                            a[0] = _mm256_fmadd_ps(q, k0, a[0]);
+                            a[1] = _mm256_fmadd_ps(q, k1, a[1]);
+                        }
+                    }
+                    for (qi, a) in acc.iter().enumerate().take(qn) {
+                        let row = sp.add(qi * stride + jc);
+                        _mm256_storeu_ps(row, _mm256_mul_ps(a[0], scale));
+                        _mm256_storeu_ps(row.add(8), _mm256_mul_ps(a[1], scale));
+                    }
+                    jc += LANES;
+                }
+                let mut inv = [0f32; QB];
+                for (qi, inv) in inv.iter_mut().enumerate().take(qn) {
+                    let row = sp.add(qi * stride);
+                    for j in len..stride {
+                        *row.add(j) = f32::NEG_INFINITY;
+                    }
+                    let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+                    for c in (0..stride).step_by(8) {
+                        m = _mm256_max_ps(m, _mm256_loadu_ps(row.add(c)));
+                    }
+                    let m = _mm256_set1_ps(hmax(m));
+                    let mut sum = _mm256_setzero_ps();
+                    for c in (0..stride).step_by(8) {
+                        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row.add(c)), m));
+                        _mm256_storeu_ps(row.add(c), e);
+                        sum = _mm256_add_ps(sum, e);
+                    }
+                    *inv = 1.0 / hsum(sum);
+                }
+                let mut q0 = 0;
+                while q0 < qn {
+                    let g = G.min(qn - q0);
+                    let mut acc = [[_mm256_setzero_ps(); V]; G];
+                    for j in 0..len {
+                        for (gi, a) in acc.iter_mut().enumerate().take(g) {
+                            let p = _mm256_broadcast_ss(&*sp.add((q0 + gi) * stride + j));
+                            for (c, x) in a.iter_mut().enumerate() {
+                                *x =
+                                    _mm256_fmadd_ps(p, _mm256_loadu_ps(vp.add(j * HD + c * 8)), *x);
+                            }
+                        }
+                    }
+                    for (gi, a) in acc.iter().enumerate().take(g) {
+                        let qi = q0 + gi;
+                        let dst = out.add((b * s.seq + i0 + qi) * h + head * HD);
+                        let iv = _mm256_set1_ps(inv[qi]);
+                        for (c, x) in a.iter().enumerate() {
+                            _mm256_storeu_ps(dst.add(c * 8), _mm256_mul_ps(*x, iv));
+                        }
+                    }
+                    q0 += g;
+                }
+            }
+            i0 += qn;
+        }
+    }
 }
 
 #[inline(always)]

@@ -289,8 +289,24 @@ unsafe fn tile(
     }
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
-        // SAFETY: AVX2 and FMA are present; the caller's bounds hold.
-        unsafe { tile_avx2(a, lda, panel, kc, c, ldc, r, width) };
+        // Sixteen 256-bit registers: tiles of up to 6 rows × 16 columns.
+        let mut i = 0;
+        while i < r {
+            let rows = (r - i).min(6);
+            let (a, c) = (&a[i * lda..], unsafe { c.add(i * ldc) });
+            // SAFETY: AVX2 and FMA are present; rows i..i+rows of the caller's tile.
+            unsafe {
+                match rows {
+                    6 => avx2::tile::<6>(a, lda, panel, kc, c, ldc, width),
+                    5 => avx2::tile::<5>(a, lda, panel, kc, c, ldc, width),
+                    4 => avx2::tile::<4>(a, lda, panel, kc, c, ldc, width),
+                    3 => avx2::tile::<3>(a, lda, panel, kc, c, ldc, width),
+                    2 => avx2::tile::<2>(a, lda, panel, kc, c, ldc, width),
+                    _ => avx2::tile::<1>(a, lda, panel, kc, c, ldc, width),
+                }
+            }
+            i += rows;
+        }
         return;
     }
     let _ = isa;
@@ -333,20 +349,68 @@ unsafe fn tile_generic(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx2(
-    a: &[f32],
-    lda: usize,
-    panel: &[f32],
-    kc: usize,
-    c: *mut f32,
-    ldc: usize,
-    r: usize,
-    width: usize,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe { tile_generic(a, lda, panel, kc, c, ldc, r, width) }
+mod avx2 {
+    use super::NR;
+    use std::arch::x86_64::*;
+
+    /// `R × 32` over `kc` steps in two 16-column halves (`R × 2` accumulators each),
+    /// accumulated onto `c`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA present; bounds as for the AVX-512 tile.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile<const R: usize>(
+        a: &[f32],
+        lda: usize,
+        panel: &[f32],
+        kc: usize,
+        c: *mut f32,
+        ldc: usize,
+        width: usize,
+    ) {
+        assert!(a.len() > (R - 1) * lda + kc - 1 && panel.len() >= kc * NR);
+        let ap = a.as_ptr();
+        let bp = panel.as_ptr();
+        for half in 0..2 {
+            let cols = width.saturating_sub(half * 16).min(16);
+            if cols == 0 {
+                break;
+            }
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            for kk in 0..kc {
+                // SAFETY: kk < kc rows of the panel; `a` bounded by the assert.
+                unsafe {
+                    let b0 = _mm256_loadu_ps(bp.add(kk * NR + half * 16));
+                    let b1 = _mm256_loadu_ps(bp.add(kk * NR + half * 16 + 8));
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let av = _mm256_broadcast_ss(&*ap.add(i * lda + kk));
+                        acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                        acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+                    }
+                }
+            }
+            for (i, acc) in acc.iter().enumerate() {
+                // SAFETY: row i, columns half·16 .. half·16 + cols of the caller's tile.
+                unsafe {
+                    let p = c.add(i * ldc + half * 16);
+                    if cols == 16 {
+                        _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), acc[0]));
+                        _mm256_storeu_ps(
+                            p.add(8),
+                            _mm256_add_ps(_mm256_loadu_ps(p.add(8)), acc[1]),
+                        );
+                    } else {
+                        let mut t = [0f32; 16];
+                        _mm256_storeu_ps(t.as_mut_ptr(), acc[0]);
+                        _mm256_storeu_ps(t.as_mut_ptr().add(8), acc[1]);
+                        for (j, v) in t.iter().enumerate().take(cols) {
+                            *p.add(j) += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
