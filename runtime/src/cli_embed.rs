@@ -30,15 +30,7 @@ pub struct EmbedModelArgs {
 
 impl EmbedModelArgs {
     fn load(&self) -> Result<Embedder> {
-        if let Some(t) = self.threads {
-            if t == 0 {
-                return Err(RuntimeError::Usage("--threads must be at least 1".into()));
-            }
-            kiln_kernels::cpu::pool::set_threads(t);
-            let _ = rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build_global();
-        }
+        crate::cli_llm::set_threads(self.threads)?;
         if self.batch_tokens == 0 {
             return Err(RuntimeError::Usage(
                 "--batch-tokens must be at least 1".into(),

@@ -24,18 +24,24 @@ pub struct ModelArgs {
     threads: Option<usize>,
 }
 
+/// Applies `--threads` to Kiln's kernel pool and to rayon (Burn's CPU ops, tokenization).
+pub fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(t) = threads {
+        if t == 0 {
+            return Err(RuntimeError::Usage("--threads must be at least 1".into()));
+        }
+        kiln_kernels::cpu::pool::set_threads(t);
+        // Fails only when rayon's pool already exists.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global();
+    }
+    Ok(())
+}
+
 impl ModelArgs {
     fn load(&self) -> Result<Llm> {
-        if let Some(t) = self.threads {
-            if t == 0 {
-                return Err(RuntimeError::Usage("--threads must be at least 1".into()));
-            }
-            kiln_kernels::cpu::pool::set_threads(t);
-            // Burn's own CPU ops use rayon. Fails only when its pool already exists.
-            let _ = rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build_global();
-        }
+        set_threads(self.threads)?;
         if self.device != "cpu" {
             return Err(RuntimeError::Usage(format!(
                 "--device {}: Llama models run on the CPU for now (the GPU kernels are not written yet)",

@@ -92,6 +92,40 @@ struct Scratch {
     scores: Vec<f32>,
 }
 
+impl Scratch {
+    /// Packs one head of batch row `b`: Kᵀ as `[hd, stride]` (zero past `len`) and V as
+    /// `[len, hd]`, from the fused QKV rows; `scores` sized for `queries` rows of `stride`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn pack(
+        &mut self,
+        qkv: &[f32],
+        s: AttnShape,
+        b: usize,
+        head: usize,
+        len: usize,
+        stride: usize,
+        queries: usize,
+    ) {
+        let hd = s.head_dim;
+        let h = s.heads * hd;
+        let base = b * s.seq * 3 * h;
+        self.kt.clear();
+        self.kt.resize(hd * stride, 0.0);
+        self.v.clear();
+        for j in 0..len {
+            let r = &qkv[base + j * 3 * h..base + (j + 1) * 3 * h];
+            for (d, &kv) in r[h + head * hd..h + head * hd + hd].iter().enumerate() {
+                self.kt[d * stride + j] = kv;
+            }
+            self.v
+                .extend_from_slice(&r[2 * h + head * hd..2 * h + head * hd + hd]);
+        }
+        self.scores.clear();
+        self.scores.resize(queries * stride, 0.0);
+    }
+}
+
 /// # Safety
 /// `out` points to `[batch·seq, hidden]` floats; no other thread writes (b, head).
 #[allow(clippy::too_many_arguments)]
@@ -178,21 +212,7 @@ mod avx512 {
         let base = b * s.seq * 3 * h;
         assert!(qkv.len() >= base + len * 3 * h);
         let stride = len.next_multiple_of(LANES);
-        scratch.kt.clear();
-        scratch.kt.resize(HD * stride, 0.0);
-        scratch.v.clear();
-        for j in 0..len {
-            let r = &qkv[base + j * 3 * h..base + (j + 1) * 3 * h];
-            let k = &r[h + head * HD..h + head * HD + HD];
-            for (d, &kv) in k.iter().enumerate() {
-                scratch.kt[d * stride + j] = kv;
-            }
-            scratch
-                .v
-                .extend_from_slice(&r[2 * h + head * HD..2 * h + head * HD + HD]);
-        }
-        scratch.scores.clear();
-        scratch.scores.resize(QB * stride, 0.0);
+        scratch.pack(qkv, s, b, head, len, stride, QB);
         let scale = _mm512_set1_ps(1.0 / (HD as f32).sqrt());
         let kt = scratch.kt.as_ptr();
         let vp = scratch.v.as_ptr();
@@ -352,21 +372,7 @@ mod avx2 {
         let base = b * s.seq * 3 * h;
         assert!(qkv.len() >= base + len * 3 * h);
         let stride = len.next_multiple_of(LANES);
-        scratch.kt.clear();
-        scratch.kt.resize(HD * stride, 0.0);
-        scratch.v.clear();
-        for j in 0..len {
-            let r = &qkv[base + j * 3 * h..base + (j + 1) * 3 * h];
-            let k = &r[h + head * HD..h + head * HD + HD];
-            for (d, &kv) in k.iter().enumerate() {
-                scratch.kt[d * stride + j] = kv;
-            }
-            scratch
-                .v
-                .extend_from_slice(&r[2 * h + head * HD..2 * h + head * HD + HD]);
-        }
-        scratch.scores.clear();
-        scratch.scores.resize(QB * stride, 0.0);
+        scratch.pack(qkv, s, b, head, len, stride, QB);
         let scale = _mm256_set1_ps(1.0 / (HD as f32).sqrt());
         let kt = scratch.kt.as_ptr();
         let vp = scratch.v.as_ptr();
@@ -480,23 +486,8 @@ unsafe fn head_fixed<const HD: usize>(
 ) {
     let h = s.heads * HD;
     let row = |i: usize| &qkv[(b * s.seq + i) * 3 * h..(b * s.seq + i + 1) * 3 * h];
-    // Kᵀ [HD, stride] (zero past len) and V [len, HD] of this head.
     let stride = len.next_multiple_of(LANES);
-    scratch.kt.clear();
-    scratch.kt.resize(HD * stride, 0.0);
-    scratch.v.clear();
-    for j in 0..len {
-        let r = row(j);
-        let k = &r[h + head * HD..h + head * HD + HD];
-        for (d, &kv) in k.iter().enumerate() {
-            scratch.kt[d * stride + j] = kv;
-        }
-        scratch
-            .v
-            .extend_from_slice(&r[2 * h + head * HD..2 * h + head * HD + HD]);
-    }
-    scratch.scores.clear();
-    scratch.scores.resize(QB * stride, 0.0);
+    scratch.pack(qkv, s, b, head, len, stride, QB);
     let scale = 1.0 / (HD as f32).sqrt();
     let kt = &scratch.kt;
     let v = &scratch.v;
@@ -582,21 +573,7 @@ unsafe fn head_any(
 ) {
     let (hd, h) = (s.head_dim, s.heads * s.head_dim);
     let row = |i: usize| &qkv[(b * s.seq + i) * 3 * h..(b * s.seq + i + 1) * 3 * h];
-    // Kᵀ [hd, len] and V [len, hd] of this head, contiguous.
-    scratch.kt.clear();
-    scratch.kt.resize(hd * len, 0.0);
-    scratch.v.clear();
-    for j in 0..len {
-        let r = row(j);
-        let k = &r[h + head * hd..h + head * hd + hd];
-        for (d, &kv) in k.iter().enumerate() {
-            scratch.kt[d * len + j] = kv;
-        }
-        scratch
-            .v
-            .extend_from_slice(&r[2 * h + head * hd..2 * h + head * hd + hd]);
-    }
-    scratch.scores.resize(len, 0.0);
+    scratch.pack(qkv, s, b, head, len, len, 1);
     let scale = 1.0 / (hd as f32).sqrt();
     let mut acc = vec![0f32; hd];
     for i in 0..len {
