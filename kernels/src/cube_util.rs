@@ -35,3 +35,69 @@ pub fn f16_bits_to_f32(h: u32) -> f32 {
     }
     out
 }
+
+/// The signed byte at byte `idx`, as i32.
+#[cube]
+pub fn sbyte_at(words: &[u32], idx: usize) -> i32 {
+    let raw = byte_at(words, idx);
+    i32::cast_from(raw) - i32::cast_from(raw >= 128u32) * 256
+}
+
+/// `x` rounded to the nearest f16 value (ties to even), returned as f32: what storing in an f16
+/// cache and reading back gives, with integer ops only (no shader f16 needed).
+#[cube]
+#[allow(unused_assignments)] // CubeCL variables need a value before a branch assigns them.
+pub fn round_to_f16(x: f32) -> f32 {
+    let bits = u32::reinterpret(x);
+    let sign = bits & 0x8000_0000u32;
+    let mag = bits & 0x7FFF_FFFFu32;
+    let mut out = x;
+    if mag >= 0x7F80_0000u32 {
+        // inf / NaN stay as they are.
+        out = x;
+    } else if mag >= 0x477F_F000u32 {
+        // 65520 and above round to infinity.
+        out = f32::reinterpret(sign | 0x7F80_0000u32);
+    } else if mag >= 0x3880_0000u32 {
+        // Normal half range: keep 10 mantissa bits, round to nearest even.
+        let lsb = (mag >> 13u32) & 1u32;
+        let rounded = (mag + 0x0FFFu32 + lsb) & 0xFFFF_E000u32;
+        out = f32::reinterpret(sign | rounded);
+    } else {
+        // Half subnormals are multiples of 2^-24; `round` is ties-to-even in WGSL and CUDA.
+        let q = f32::round(f32::reinterpret(mag) * 16_777_216.0f32);
+        out = f32::reinterpret(sign | u32::reinterpret(q * 5.960_464_5e-8f32));
+    }
+    out
+}
+
+/// A small host array (positions, ids, masks) as a u32 tensor on `like`'s device.
+pub fn upload_u32(
+    like: &burn_cubecl::tensor::CubeTensor,
+    values: &[u32],
+) -> burn_cubecl::tensor::CubeTensor {
+    // An empty binding is not allowed on every API: keep at least one word.
+    let mut bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    if bytes.is_empty() {
+        bytes.extend_from_slice(&[0; 4]);
+    }
+    let handle = like.client.create_from_slice(&bytes);
+    burn_cubecl::tensor::CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        burn::tensor::Shape::new([bytes.len() / 4]),
+        handle,
+        burn::tensor::DType::U32,
+    )
+}
+
+/// Like [`upload_u32`] for f32 values.
+pub fn upload_f32(
+    like: &burn_cubecl::tensor::CubeTensor,
+    values: &[f32],
+) -> burn_cubecl::tensor::CubeTensor {
+    let bits: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+    let mut t = upload_u32(like, &bits);
+    t.dtype = burn::tensor::DType::F32;
+    t
+}

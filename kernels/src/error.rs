@@ -24,6 +24,8 @@ pub enum KernelError {
     },
     #[error("{0}")]
     Shape(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Quant(#[from] kiln_quant::Error),
     #[error("reading a tensor back from the device failed: {0}")]

@@ -7,6 +7,8 @@
 
 pub mod cpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube_blocks;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube_util;
 pub mod dequant;
 pub mod encoder;
@@ -17,6 +19,17 @@ mod qtensor;
 
 pub use error::{KernelError, Result};
 pub use qtensor::QTensor;
+
+/// The weight types Kiln's CubeCL kernels read (dequantize, row lookup, quantized matmul).
+pub const CUBE_TYPES: &[kiln_quant::GgmlType] = &[
+    kiln_quant::GgmlType::F32,
+    kiln_quant::GgmlType::F16,
+    kiln_quant::GgmlType::Q4_0,
+    kiln_quant::GgmlType::Q4_1,
+    kiln_quant::GgmlType::Q8_0,
+    kiln_quant::GgmlType::Q4_K,
+    kiln_quant::GgmlType::Q6_K,
+];
 
 /// Which of Burn's backends a device runs on, as far as Kiln's kernels care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,5 +51,20 @@ impl BackendKind {
             #[allow(unreachable_patterns)]
             other => Err(KernelError::UnsupportedDevice(format!("{other:?}"))),
         }
+    }
+}
+
+/// Whether a device runs plane (subgroup) operations in kernels: never on the CPU backend.
+pub fn device_has_planes(device: &burn::tensor::Device) -> bool {
+    use burn::backend::DispatchDevice;
+    match device.as_dispatch() {
+        #[cfg(any(feature = "wgpu", feature = "cuda"))]
+        DispatchDevice::Cube(d) => d
+            .client()
+            .properties()
+            .features
+            .plane
+            .contains(cubecl::features::Plane::Ops),
+        _ => false,
     }
 }

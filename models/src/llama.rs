@@ -9,7 +9,7 @@ use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_kernels::QTensor;
-use kiln_kernels::nn::{self, KvCache, Rope, Visibility};
+use kiln_kernels::nn::{self, KvCache, Rope, Softmax, Visibility};
 use kiln_kernels::qmatmul::{qmatmul, qrows};
 use kiln_quant::gguf::{GgufFile, Metadata, TensorInfo, Value};
 
@@ -272,6 +272,9 @@ pub struct Llama {
     device: Device,
     /// Bytes of weights uploaded.
     pub weight_bytes: usize,
+    /// The softmax of the Cube attention kernel (the CPU always follows ggml): the default
+    /// [`Softmax::Rounded`] keeps GPU results on the CPU path's (llama.cpp's) arithmetic.
+    pub softmax: Softmax,
 }
 
 /// What `forward` returns for the tokens it ran.
@@ -407,6 +410,7 @@ impl Llama {
             rope,
             device: device.clone(),
             weight_bytes,
+            softmax: Softmax::default(),
             config,
         })
     }
@@ -473,6 +477,7 @@ impl Llama {
             key_pos: cache.key_pos.as_slice().into(),
             key_seq: cache.key_seq.as_slice().into(),
             scale: 1.0 / (c.head_dim as f32).sqrt(),
+            softmax: self.softmax,
         };
         let (hd, nh, nkv) = (c.head_dim, c.n_head, c.n_head_kv);
 

@@ -1,6 +1,5 @@
-//! CubeCL dequantization kernels (wgpu, CUDA: one source).
+//! CubeCL dequantization kernel (wgpu, CUDA: one source).
 
-use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::tensor::{DType, Shape};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, ops::numeric::empty_device_dtype};
@@ -9,26 +8,23 @@ use cubecl::{CubeDim, calculate_cube_count_elemwise};
 use kiln_quant::GgmlType;
 
 use super::DequantOps;
-use crate::cube_util::{byte_at, f16_bits_to_f32, u16_at};
+use crate::cube_blocks::{code, decode8};
 
-/// Q8_0, one unit per element: `y[i] = d(block) * qs[i % 32]` (ggml `dequantize_row_q8_0`).
-/// Block `b` starts at byte `34 b`: the f16 scale, then 32 signed bytes.
+/// One unit per 8 values: `out[j] = dequant(block(j))[j % block]`, ggml's arithmetic.
 #[cube(launch_unchecked)]
-fn dequantize_q8_0_kernel<F: Float>(
-    words: &[u32],
-    out: &mut [F],
-    n: usize,
-    #[define(F)] _dtype: ElemType,
-) {
-    let i = ABSOLUTE_POS;
-    if i >= n {
+fn dequantize_kernel(words: &[u32], out: &mut [f32], n: usize, #[comptime] ty: u32) {
+    let j0 = ABSOLUTE_POS * 8;
+    if j0 >= n {
         terminate!();
     }
-    let base = (i / 32) * 34;
-    let d = f16_bits_to_f32(u16_at(words, base));
-    let raw = byte_at(words, base + 2 + i % 32);
-    let q = i32::cast_from(raw) - i32::cast_from(raw >= 128u32) * 256;
-    out[i] = F::cast_from(d * f32::cast_from(q));
+    let mut vals = Array::<f32>::new(8usize);
+    decode8(words, 0, j0, n, &mut vals, ty, true);
+    #[unroll]
+    for i in 0..8usize {
+        if j0 + i < n {
+            out[j0 + i] = vals[i];
+        }
+    }
 }
 
 impl DequantOps for CubeBackend {
@@ -37,11 +33,7 @@ impl DequantOps for CubeBackend {
         ty: GgmlType,
         n_elements: usize,
     ) -> FloatTensor<Self> {
-        assert_eq!(
-            ty,
-            GgmlType::Q8_0,
-            "dequantize_blocks: caller checked the type"
-        );
+        let ty_code = code(ty).expect("dequantize_blocks: caller checked the type");
         let words = into_contiguous(words);
         let client = words.client.clone();
         let out = empty_device_dtype(
@@ -50,20 +42,21 @@ impl DequantOps for CubeBackend {
             Shape::new([n_elements]),
             DType::F32,
         );
-        let cube_dim = CubeDim::new(&client, n_elements);
-        let cube_count = calculate_cube_count_elemwise(&client, n_elements, cube_dim);
-        // SAFETY: the kernel returns for positions past `n_elements`; every other position
-        // reads bytes below `34 * n_elements / 32`, inside `words` (a QTensor holds whole
-        // blocks), and writes `out[i]` with `i < n_elements`.
+        let units = n_elements.div_ceil(8);
+        let cube_dim = CubeDim::new(&client, units);
+        let cube_count = calculate_cube_count_elemwise(&client, units, cube_dim);
+        // SAFETY: units past `n_elements / 8` return at once; the others read the blocks of
+        // values below `n_elements` (inside `words`: a QTensor holds whole blocks) and write
+        // `out[j]` only for `j < n_elements`.
         unsafe {
-            dequantize_q8_0_kernel::launch_unchecked(
+            dequantize_kernel::launch_unchecked(
                 &client,
                 cube_count,
                 cube_dim,
                 words.into_buffer_arg(),
                 out.clone().into_buffer_arg(),
                 n_elements,
-                dtype_to_storage_type(DType::F32),
+                ty_code,
             );
         }
         out

@@ -30,7 +30,7 @@ pub trait DequantOps: Backend {
 pub fn supports(backend: BackendKind, ty: GgmlType) -> bool {
     match backend {
         BackendKind::Flex => kiln_quant::blocks::DEQUANTIZE_TYPES.contains(&ty),
-        BackendKind::Cube => matches!(ty, GgmlType::Q8_0),
+        BackendKind::Cube => crate::CUBE_TYPES.contains(&ty),
     }
 }
 

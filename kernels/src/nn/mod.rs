@@ -3,8 +3,12 @@
 //!
 //! CPU (Flex) implementations follow ggml's arithmetic (f64 sums in RMSNorm, f16 K/V cache,
 //! query and probabilities rounded to f16 as ggml's f16 `mul_mat` does), so logits track
-//! llama.cpp's closely. CubeCL kernels are issue #5: a GPU device gets [`KernelError::NoKernel`].
+//! llama.cpp's closely. CubeCL kernels (`cube.rs`) run the same ops on wgpu and CUDA; their K/V
+//! cache is f32 holding f16-rounded values (shader f16 is optional on wgpu). Any other backend
+//! gets [`KernelError::NoKernel`].
 
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube;
 mod flex;
 
 use burn::backend::tensor::FloatTensor;
@@ -15,7 +19,7 @@ use burn::tensor::{DType, Tensor};
 
 use crate::{BackendKind, KernelError, Result};
 
-#[backend_extension(Flex)]
+#[backend_extension(Cube: cfg(any(feature = "wgpu", feature = "cuda")), Flex)]
 pub trait NnOps: Backend {
     /// `x[rows, d] / rms(x) * weight[d]`.
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
@@ -30,7 +34,7 @@ pub trait NnOps: Backend {
     /// Writes `k`, `v` (`[t, kv_heads, d]`) into cache slots `start..start + t`, then attends
     /// each query of `q[t, heads, d]` to the visible slots of `0..start + t`. Returns
     /// `([t, heads * d], k_cache, v_cache)`; the caches (`[capacity, kv_heads, d]` f16) are
-    /// updated in place when not shared.
+    /// updated in place when not shared. (f16 caches on Flex, f32 on Cube: see [`KvCache::new`].)
     #[allow(clippy::too_many_arguments)]
     fn attention(
         q: FloatTensor<Self>,
@@ -69,21 +73,31 @@ pub struct Visibility {
     pub key_seq: Arc<[u32]>,
     /// Score scale, usually `1 / sqrt(d)`.
     pub scale: f32,
+    /// How the Cube kernel computes the softmax (the CPU always rounds as ggml does).
+    pub softmax: Softmax,
 }
 
-fn flex_only(op: &'static str, device: &burn::tensor::Device) -> Result<()> {
-    match BackendKind::of(device)? {
-        BackendKind::Flex => Ok(()),
-        backend => Err(KernelError::NoKernel {
-            op,
-            ty: kiln_quant::GgmlType::F32,
-            backend,
-        }),
-    }
+/// The Cube attention kernel's softmax.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Softmax {
+    /// ggml's arithmetic, as the CPU path: probabilities normalized, then rounded to f16 before
+    /// they weigh V. Two sweeps over K (max and sum, then the weights). Results track the CPU
+    /// path's closely enough that greedy decoding agrees.
+    #[default]
+    Rounded,
+    /// One sweep, online softmax (flash-attention style): K and V read once, no rounding of
+    /// probabilities. Faster at long contexts; logits differ from the CPU path's by ~1e-3
+    /// relative, enough to flip near-tied argmaxes.
+    OnePass,
+}
+
+/// Both backends Kiln knows run these ops; `BackendKind::of` rejects any other device.
+fn supported(_op: &'static str, device: &burn::tensor::Device) -> Result<()> {
+    BackendKind::of(device).map(|_| ())
 }
 
 pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f32) -> Result<Tensor<2>> {
-    flex_only("rms_norm", &x.device())?;
+    supported("rms_norm", &x.device())?;
     let [_, d] = x.dims();
     if weight.dims() != [d] {
         return Err(KernelError::Shape(format!(
@@ -96,7 +110,7 @@ pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f32) -> Result<Tensor<2>>
 }
 
 pub fn rope(x: Tensor<3>, positions: &[u32], rope: &Rope) -> Result<Tensor<3>> {
-    flex_only("rope", &x.device())?;
+    supported("rope", &x.device())?;
     let [t, _, d] = x.dims();
     if positions.len() != t || rope.n_rot > d || !rope.n_rot.is_multiple_of(2) {
         return Err(KernelError::Shape(format!(
@@ -117,7 +131,7 @@ pub fn rope(x: Tensor<3>, positions: &[u32], rope: &Rope) -> Result<Tensor<3>> {
 }
 
 pub fn swiglu(gate: Tensor<2>, up: Tensor<2>) -> Result<Tensor<2>> {
-    flex_only("swiglu", &gate.device())?;
+    supported("swiglu", &gate.device())?;
     if gate.dims() != up.dims() {
         return Err(KernelError::Shape(format!(
             "swiglu: gate {:?} and up {:?}",
@@ -146,7 +160,12 @@ impl KvCache {
         head_dim: usize,
         device: &burn::tensor::Device,
     ) -> Self {
-        let zeros = || Tensor::<3>::zeros([capacity, kv_heads, head_dim], (device, DType::F16));
+        // The CPU stores f16 as llama.cpp does; Cube kernels keep f32 holding f16-rounded values.
+        let dtype = match BackendKind::of(device) {
+            Ok(BackendKind::Cube) => DType::F32,
+            _ => DType::F16,
+        };
+        let zeros = || Tensor::<3>::zeros([capacity, kv_heads, head_dim], (device, dtype));
         KvCache {
             kv: Some((zeros(), zeros())),
         }
@@ -181,7 +200,7 @@ pub fn attention(
     start: usize,
     mask: Visibility,
 ) -> Result<Tensor<2>> {
-    flex_only("attention", &q.device())?;
+    supported("attention", &q.device())?;
     let [t, heads, d] = q.dims();
     let [tk, kv_heads, dk] = k.dims();
     let [cap, ckv, cd] = cache.k().dims();

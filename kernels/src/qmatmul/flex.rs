@@ -4,7 +4,7 @@ use burn::tensor::TensorData;
 use burn_flex::FlexTensor;
 use kiln_quant::GgmlType;
 
-use super::QMatmulOps;
+use super::{QMatmulOps, Reduction};
 use crate::cpu;
 
 impl QMatmulOps for Flex {
@@ -14,6 +14,7 @@ impl QMatmulOps for Flex {
         ty: GgmlType,
         n: usize,
         k: usize,
+        _reduction: Reduction,
     ) -> FloatTensor<Self> {
         let x = x.to_contiguous();
         let x: &[f32] = x.as_slice().expect("qmatmul: f32 activations");

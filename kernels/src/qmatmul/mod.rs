@@ -2,8 +2,11 @@
 //! lookups in such a matrix (token embeddings).
 //!
 //! CPU (Flex): [`crate::cpu`]'s SIMD kernels with activations quantized on the fly, as llama.cpp.
-//! The CubeCL kernels are issue #5; until then a GPU device gets a [`KernelError::NoKernel`].
+//! Cube (wgpu, CUDA): kernels that decode the blocks as they multiply (`cube.rs`), f32
+//! activations; a mat-vec kernel for `m ≤ MATVEC_MAX_M` and a tiled one above.
 
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube;
 mod flex;
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
@@ -13,15 +16,33 @@ use kiln_quant::GgmlType;
 
 use crate::{BackendKind, KernelError, QTensor, Result};
 
-#[backend_extension(Flex)]
+/// Activation rows up to which the Cube backend runs the mat-vec kernel (decode, label scoring);
+/// above, the tiled kernel.
+pub const MATVEC_MAX_M: usize = 4;
+
+/// How the Cube mat-vec kernel reduces a row's partial sums across a cube.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    /// Plane (subgroup) sums where the device has them, else shared memory.
+    #[default]
+    Auto,
+    /// `plane_sum` within each plane, then one value per plane through shared memory.
+    Plane,
+    /// A shared-memory tree (every device).
+    Shared,
+}
+
+#[backend_extension(Cube: cfg(any(feature = "wgpu", feature = "cuda")), Flex)]
 pub trait QMatmulOps: Backend {
     /// `x`: `[m, k]` f32; `words`: `n` rows of `k` values in blocks of `ty`. Returns `[m, n]`.
+    /// `reduction` picks the Cube mat-vec variant; the CPU ignores it.
     fn qmatmul(
         x: FloatTensor<Self>,
         words: IntTensor<Self>,
         ty: GgmlType,
         n: usize,
         k: usize,
+        reduction: Reduction,
     ) -> FloatTensor<Self>;
 
     /// Rows `ids` of the `[n, k]` matrix in `words`, as `[ids.len(), k]` f32.
@@ -32,7 +53,7 @@ pub trait QMatmulOps: Backend {
 pub fn supports(backend: BackendKind, ty: GgmlType) -> bool {
     match backend {
         BackendKind::Flex => crate::cpu::MATMUL_TYPES.contains(&ty),
-        BackendKind::Cube => false,
+        BackendKind::Cube => crate::CUBE_TYPES.contains(&ty),
     }
 }
 
@@ -47,6 +68,12 @@ fn matrix_dims(w: &QTensor, op: &'static str) -> Result<(usize, usize)> {
 
 /// `x[m, k] · Wᵀ` for a quantized `W` of shape `[n, k]`: `[m, n]`.
 pub fn qmatmul(x: Tensor<2>, w: &QTensor) -> Result<Tensor<2>> {
+    qmatmul_with(x, w, Reduction::Auto)
+}
+
+/// [`qmatmul`] with the Cube mat-vec reduction chosen by the caller (a dispatch plan, a test
+/// of both variants). [`Reduction::Plane`] on a device without plane operations is an error.
+pub fn qmatmul_with(x: Tensor<2>, w: &QTensor, reduction: Reduction) -> Result<Tensor<2>> {
     let backend = BackendKind::of(&w.device())?;
     let (n, k) = matrix_dims(w, "qmatmul")?;
     let [m, kx] = x.dims();
@@ -62,13 +89,31 @@ pub fn qmatmul(x: Tensor<2>, w: &QTensor) -> Result<Tensor<2>> {
             backend,
         });
     }
-    crate::cpu::check(w.ty, k).map_err(KernelError::Shape)?;
+    match backend {
+        BackendKind::Flex => {
+            crate::cpu::check(w.ty, k).map_err(KernelError::Shape)?;
+        }
+        BackendKind::Cube => {
+            if !k.is_multiple_of(w.ty.block_size()) {
+                return Err(KernelError::Shape(format!(
+                    "qmatmul: rows of {k} values are not whole {} blocks",
+                    w.ty
+                )));
+            }
+            if reduction == Reduction::Plane && !crate::device_has_planes(&w.device()) {
+                return Err(KernelError::Unsupported(
+                    "qmatmul: plane reduction on a device without plane operations".into(),
+                ));
+            }
+        }
+    }
     let y = <Dispatch as QMatmulOps>::qmatmul(
         x.into_dispatch(),
         w.words.clone().into_dispatch(),
         w.ty,
         n,
         k,
+        reduction,
     );
     Ok(Tensor::from_dispatch(y))
 }
@@ -82,7 +127,11 @@ pub fn qrows(w: &QTensor, ids: &[u32]) -> Result<Tensor<2>> {
             "qrows: row {bad} of a matrix with {n} rows"
         )));
     }
-    if backend != BackendKind::Flex || !kiln_quant::blocks::DEQUANTIZE_TYPES.contains(&w.ty) {
+    let known = match backend {
+        BackendKind::Flex => kiln_quant::blocks::DEQUANTIZE_TYPES.contains(&w.ty),
+        BackendKind::Cube => crate::CUBE_TYPES.contains(&w.ty),
+    };
+    if !known {
         return Err(KernelError::NoKernel {
             op: "qrows",
             ty: w.ty,

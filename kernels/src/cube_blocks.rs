@@ -1,0 +1,168 @@
+//! Decoding GGML blocks inside CubeCL kernels, eight values at a time.
+//!
+//! Every Cube kernel that reads quantized weights (dequantize, row lookup, mat-vec, tiled
+//! mat-mul) goes through [`decode8`], so a format is written once. Eight consecutive values
+//! always share one scale (the smallest scale group, Q6_K's, is 16), so a group decodes its
+//! scale once. The arithmetic is ggml's `dequantize_row_*`, term for term.
+
+use cubecl::prelude::*;
+use kiln_quant::GgmlType;
+
+use crate::cube_util::{byte_at, f16_bits_to_f32, sbyte_at, u16_at};
+
+// ggml type ids, as comptime kernel parameters.
+pub const T_F32: u32 = 0;
+pub const T_F16: u32 = 1;
+pub const T_Q4_0: u32 = 2;
+pub const T_Q4_1: u32 = 3;
+pub const T_Q8_0: u32 = 8;
+pub const T_Q4_K: u32 = 12;
+pub const T_Q6_K: u32 = 14;
+
+/// The comptime code of a type [`decode8`] knows.
+pub fn code(ty: GgmlType) -> Option<u32> {
+    crate::CUBE_TYPES.contains(&ty).then(|| ty.id())
+}
+
+/// Bytes one row of `k` values of `ty` takes (`k` a multiple of the block size).
+pub fn row_bytes(ty: GgmlType, k: usize) -> usize {
+    k / ty.block_size() * ty.block_bytes()
+}
+
+/// Values `j0..j0 + 8` of the row starting at byte `row_byte` (`j0` a multiple of 8), into
+/// `out[0..8]`. Values at or past `k` (only possible for F32/F16 rows) read as 0.
+/// With `with_min` false, Q4_1 values leave out the block minimum (`q·d` only): the matmul
+/// kernels add `m · s` per block themselves, `s` being the activation block's f16 sum, as
+/// ggml's `vec_dot_q4_1_q8_1` does.
+#[cube]
+#[allow(unused_assignments)] // CubeCL variables need a value before a branch assigns them.
+pub fn decode8(
+    words: &[u32],
+    row_byte: usize,
+    j0: usize,
+    k: usize,
+    out: &mut Array<f32>,
+    #[comptime] ty: u32,
+    #[comptime] with_min: bool,
+) {
+    if comptime!(ty == T_F32) {
+        let w0 = row_byte / 4 + j0;
+        #[unroll]
+        for i in 0..8usize {
+            let mut v = 0.0f32;
+            if j0 + i < k {
+                v = f32::reinterpret(words[w0 + i]);
+            }
+            out[i] = v;
+        }
+    }
+    if comptime!(ty == T_F16) {
+        #[unroll]
+        for i in 0..8usize {
+            let mut v = 0.0f32;
+            if j0 + i < k {
+                v = f16_bits_to_f32(u16_at(words, row_byte + (j0 + i) * 2));
+            }
+            out[i] = v;
+        }
+    }
+    if comptime!(ty == T_Q4_0) {
+        // 18 bytes: f16 d, 16 bytes of nibbles (value l low, l + 16 high).
+        let base = row_byte + (j0 / 32) * 18;
+        let within = j0 % 32;
+        let d = f16_bits_to_f32(u16_at(words, base));
+        let shift = u32::cast_from(within / 16) * 4u32;
+        let first = base + 2 + within % 16;
+        #[unroll]
+        for i in 0..8usize {
+            let q = (byte_at(words, first + i) >> shift) & 0xFu32;
+            out[i] = f32::cast_from(i32::cast_from(q) - 8i32) * d;
+        }
+    }
+    if comptime!(ty == T_Q4_1) {
+        // 20 bytes: f16 d, f16 m, 16 bytes of nibbles.
+        let base = row_byte + (j0 / 32) * 20;
+        let within = j0 % 32;
+        let d = f16_bits_to_f32(u16_at(words, base));
+        let mut m = 0.0f32;
+        if comptime!(with_min) {
+            m = f16_bits_to_f32(u16_at(words, base + 2));
+        }
+        let shift = u32::cast_from(within / 16) * 4u32;
+        let first = base + 4 + within % 16;
+        #[unroll]
+        for i in 0..8usize {
+            let q = (byte_at(words, first + i) >> shift) & 0xFu32;
+            out[i] = f32::cast_from(q) * d + m;
+        }
+    }
+    if comptime!(ty == T_Q8_0) {
+        // 34 bytes: f16 d, 32 signed bytes.
+        let base = row_byte + (j0 / 32) * 34;
+        let d = f16_bits_to_f32(u16_at(words, base));
+        let first = base + 2 + j0 % 32;
+        #[unroll]
+        for i in 0..8usize {
+            out[i] = f32::cast_from(sbyte_at(words, first + i)) * d;
+        }
+    }
+    if comptime!(ty == T_Q4_K) {
+        // 144 bytes: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles.
+        // Sub-block s (32 values) uses bytes 32 (s / 2) .., low nibbles when s is even.
+        let base = row_byte + (j0 / 256) * 144;
+        let within = j0 % 256;
+        let s = within / 32;
+        let d = f16_bits_to_f32(u16_at(words, base));
+        let dmin = f16_bits_to_f32(u16_at(words, base + 2));
+        let sc_base = base + 4;
+        let mut sc = 0u32;
+        let mut mn = 0u32;
+        if s < 4 {
+            sc = byte_at(words, sc_base + s) & 63u32;
+            mn = byte_at(words, sc_base + s + 4) & 63u32;
+        } else {
+            let hi = byte_at(words, sc_base + s + 4);
+            sc = (hi & 0xFu32) | ((byte_at(words, sc_base + s - 4) >> 6u32) << 4u32);
+            mn = (hi >> 4u32) | ((byte_at(words, sc_base + s) >> 6u32) << 4u32);
+        }
+        let d1 = d * f32::cast_from(sc);
+        let m1 = dmin * f32::cast_from(mn);
+        let shift = u32::cast_from(s % 2) * 4u32;
+        let first = base + 16 + (within / 64) * 32 + within % 32;
+        #[unroll]
+        for i in 0..8usize {
+            let q = (byte_at(words, first + i) >> shift) & 0xFu32;
+            out[i] = d1 * f32::cast_from(q) - m1;
+        }
+    }
+    if comptime!(ty == T_Q6_K) {
+        // 210 bytes: ql[128], qh[64], int8 scales[16], f16 d. Each half of 128 values takes
+        // 64 ql bytes and 32 qh bytes; quarter `qd` of a half reads ql byte `l` (+32 for odd
+        // quarters; high nibble for quarters 2, 3) and bits 2 qd of qh byte `l`.
+        let base = row_byte + (j0 / 256) * 210;
+        let within = j0 % 256;
+        let half = within / 128;
+        let qd = (within % 128) / 32;
+        let l = within % 32;
+        let d = f16_bits_to_f32(u16_at(words, base + 208));
+        let sc = sbyte_at(words, base + 192 + half * 8 + l / 16 + qd * 2);
+        let dd = d * f32::cast_from(sc);
+        let ql_first = base + half * 64 + l + (qd % 2) * 32;
+        let ql_shift = u32::cast_from(qd / 2) * 4u32;
+        let qh_first = base + 128 + half * 32 + l;
+        let qh_shift = u32::cast_from(qd) * 2u32;
+        #[unroll]
+        for i in 0..8usize {
+            let lo = (byte_at(words, ql_first + i) >> ql_shift) & 0xFu32;
+            let hi = (byte_at(words, qh_first + i) >> qh_shift) & 3u32;
+            let q = i32::cast_from(lo | (hi << 4u32)) - 32i32;
+            out[i] = dd * f32::cast_from(q);
+        }
+    }
+}
+
+/// The minimum `m` of the Q4_1 block holding value `j` of the row at byte `row_byte`.
+#[cube]
+pub fn q4_1_min(words: &[u32], row_byte: usize, j: usize) -> f32 {
+    f16_bits_to_f32(u16_at(words, row_byte + (j / 32) * 20 + 2))
+}

@@ -1,0 +1,382 @@
+//! Kiln's CubeCL kernels on a wgpu device (llvmpipe in CI) against their references, over
+//! awkward shapes: sizes that are not multiples of the tiles (64 × 64 × 32) or of the mat-vec
+//! cube (64 units), batch 1, a few rows, and sequences longer than the attention tile (32).
+//!
+//! Stated tolerances:
+//! * dequantize / row lookup: ≤ 1 ulp of the value against kiln-quant's scalar codec (the
+//!   products are ggml's; a shader compiler may fuse `q·d + m` into one FMA);
+//! * quantized matmul: |Δ| ≤ 2e-6 · Σ|w·x| against the CPU kernels, which round activations
+//!   to ggml's dot formats (Q8_0, Q8_1 with its f16 block sums, Q8_K, f16) as the Cube kernels
+//!   do too (f32 sums in another order); the CPU is itself checked against the f64 product of
+//!   the dequantized weights within the activation rounding (2e-3 · Σ|w·x|);
+//! * RMSNorm, SwiGLU, RoPE: ≤ 2e-6 relative / 2e-5 absolute against the Flex ops;
+//! * attention: one-pass (online softmax) kernel ≤ 2e-3 · max|v| against the Flex op (the CPU
+//!   rounds probabilities to f16 as ggml does; one pass cannot, as the normalizer is known only
+//!   at the end); the rounded two-sweep variant ≤ 2e-5 · max|v|.
+
+use std::sync::Arc;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use kiln_kernels::nn::{self, KvCache, Rope, Softmax, Visibility};
+use kiln_kernels::qmatmul::{self, Reduction};
+use kiln_kernels::{KernelError, QTensor, dequant};
+use kiln_quant::GgmlType;
+use kiln_tests::wgpu_device;
+
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = 0x2545_F491_4F6C_DD1D ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+fn vec2(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+fn vec3(t: Tensor<3>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+fn t2(v: &[f32], shape: [usize; 2], device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(v.to_vec(), shape), device)
+}
+
+fn t3(v: &[f32], shape: [usize; 3], device: &Device) -> Tensor<3> {
+    Tensor::from_data(TensorData::new(v.to_vec(), shape), device)
+}
+
+/// Weights of `n × k` quantized to `ty`, and their dequantized values.
+fn weights(ty: GgmlType, n: usize, k: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+    let w: Vec<f32> = data(n * k, seed).iter().map(|v| v * 2.0).collect();
+    let bytes = kiln_quant::blocks::quantize_to_vec(ty, &w).unwrap();
+    let deq = kiln_quant::blocks::dequantize_to_vec(ty, &bytes).unwrap();
+    (bytes, deq)
+}
+
+const TYPES: [GgmlType; 7] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+];
+
+/// A row length for `ty` that is not a multiple of the 32-wide K tile where the type allows.
+fn awkward_k(ty: GgmlType) -> usize {
+    match ty.block_size() {
+        1 => 83,
+        32 => 224, // 7 blocks: 28 groups of 8 for 64 mat-vec units
+        _ => 512,
+    }
+}
+
+fn ulp_close(got: f32, want: f32) -> bool {
+    got.to_bits() == want.to_bits() || (got - want).abs() <= want.abs() * f32::EPSILON
+}
+
+#[test]
+fn dequantize_and_row_lookup_every_type() {
+    let Some((info, gpu)) = wgpu_device() else {
+        return;
+    };
+    eprintln!("wgpu device: {} ({})", info.name, info.api);
+    for ty in TYPES {
+        let (n, k) = (13, awkward_k(ty));
+        let (bytes, want) = weights(ty, n, k, ty.id() as u64);
+        let q = QTensor::from_blocks("w", ty, &[n, k], &bytes, &gpu).unwrap();
+        let got = vec2(dequant::dequantize(&q).unwrap());
+        let bad = (0..want.len())
+            .filter(|&i| !ulp_close(got[i], want[i]))
+            .count();
+        assert_eq!(bad, 0, "{ty}: {bad} of {} values differ", want.len());
+
+        let ids = [12u32, 0, 7, 7, 3];
+        let rows = vec2(qmatmul::qrows(&q, &ids).unwrap());
+        for (r, &id) in ids.iter().enumerate() {
+            for j in 0..k {
+                let (g, w) = (rows[r * k + j], want[id as usize * k + j]);
+                assert!(ulp_close(g, w), "{ty} row {id}[{j}]: {g} vs {w}");
+            }
+        }
+        let err = qmatmul::qrows(&q, &[13]).unwrap_err();
+        assert!(matches!(err, KernelError::Shape(_)), "{err}");
+    }
+}
+
+/// `x[m, k] · Wᵀ` in f64 from the dequantized weights, and Σ|w·x| per output.
+fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut y = vec![0.0; m * n];
+    let mut mag = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            for l in 0..k {
+                let p = f64::from(x[i * k + l]) * f64::from(w[j * k + l]);
+                y[i * n + j] += p;
+                mag[i * n + j] += p.abs();
+            }
+        }
+    }
+    (y, mag)
+}
+
+/// The GPU product against the CPU's (same activation rounding, ggml's), and both against the
+/// exact product of the dequantized weights (which differs by the activation rounding only).
+fn check_qmatmul(gpu: &Device, ty: GgmlType, m: usize, n: usize, k: usize, red: Reduction) {
+    let (bytes, deq) = weights(ty, n, k, (m * 31 + n) as u64);
+    let x = data(m * k, 7 + m as u64);
+    let run = |dev: &Device, red| {
+        let q = QTensor::from_blocks("w", ty, &[n, k], &bytes, dev).unwrap();
+        vec2(qmatmul::qmatmul_with(t2(&x, [m, k], dev), &q, red).unwrap())
+    };
+    let got = run(gpu, red);
+    let cpu = run(&Device::flex(), Reduction::Auto);
+    let (exact, mag) = reference(&x, &deq, m, n, k);
+    assert_eq!(got.len(), m * n);
+    for i in 0..m * n {
+        let from_exact = (f64::from(cpu[i]) - exact[i]).abs();
+        assert!(
+            from_exact <= 2e-3 * mag[i] + 1e-6,
+            "{ty} m={m} n={n} k={k}: the CPU's y[{i}] = {} is not the product {}",
+            cpu[i],
+            exact[i]
+        );
+        let want = f64::from(cpu[i]);
+        let err = (f64::from(got[i]) - want).abs();
+        assert!(
+            err <= 2e-6 * mag[i] + 1e-7,
+            "{ty} m={m} n={n} k={k} {red:?}: y[{}, {}] = {} want {} (Σ|wx| {})",
+            i / n,
+            i % n,
+            got[i],
+            want,
+            mag[i]
+        );
+    }
+}
+
+#[test]
+fn qmatmul_matvec_every_type_against_dequantized_reference() {
+    let Some((_, gpu)) = wgpu_device() else {
+        return;
+    };
+    for ty in TYPES {
+        let k = awkward_k(ty);
+        // m = 1 (decode) and m = 3 (label scoring); n below and above the cube width.
+        for (m, n) in [(1, 1), (1, 67), (3, 130)] {
+            check_qmatmul(&gpu, ty, m, n, k, Reduction::Shared);
+        }
+        check_qmatmul(&gpu, ty, 1, 70, k, Reduction::Auto);
+    }
+}
+
+#[test]
+fn qmatmul_tiled_every_type_against_dequantized_reference() {
+    let Some((_, gpu)) = wgpu_device() else {
+        return;
+    };
+    for ty in TYPES {
+        let k = awkward_k(ty);
+        // m just above the mat-vec limit, and more rows and columns than one 64 × 64 tile.
+        for (m, n) in [(5, 37), (70, 129)] {
+            check_qmatmul(&gpu, ty, m, n, k, Reduction::Auto);
+        }
+    }
+}
+
+#[test]
+fn qmatmul_plane_reduction_where_the_device_has_planes() {
+    let Some((info, gpu)) = wgpu_device() else {
+        return;
+    };
+    let (bytes, _) = weights(GgmlType::Q4_0, 9, 64, 1);
+    let q = QTensor::from_blocks("w", GgmlType::Q4_0, &[9, 64], &bytes, &gpu).unwrap();
+    if kiln_kernels::device_has_planes(&gpu) {
+        check_qmatmul(&gpu, GgmlType::Q4_0, 1, 67, 256, Reduction::Plane);
+        check_qmatmul(&gpu, GgmlType::Q4_K, 2, 67, 512, Reduction::Plane);
+    } else {
+        // llvmpipe: subgroups are off on CPU adapters. Asking for them is an error, not a
+        // silent fallback.
+        eprintln!("{}: no plane operations; plane variant refused", info.name);
+        let x = t2(&data(64, 1), [1, 64], &gpu);
+        let err = qmatmul::qmatmul_with(x, &q, Reduction::Plane).unwrap_err();
+        assert!(matches!(err, KernelError::Unsupported(_)), "{err}");
+    }
+}
+
+fn assert_close(got: &[f32], want: &[f32], rel: f32, abs: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= rel * w.abs() + abs,
+            "{what}[{i}]: {g} vs {w}"
+        );
+    }
+}
+
+#[test]
+fn rms_norm_swiglu_and_rope_match_the_cpu() {
+    let Some((_, gpu)) = wgpu_device() else {
+        return;
+    };
+    let cpu = Device::flex();
+    for (rows, d) in [(1, 576), (7, 67), (3, 2048)] {
+        let x = data(rows * d, d as u64);
+        let w = data(d, 3);
+        let run = |dev: &Device| {
+            let wt = Tensor::<1>::from_data(TensorData::new(w.clone(), [d]), dev);
+            vec2(nn::rms_norm(t2(&x, [rows, d], dev), &wt, 1e-5).unwrap())
+        };
+        assert_close(&run(&gpu), &run(&cpu), 2e-6, 2e-5, "rms_norm");
+
+        let g: Vec<f32> = x.iter().map(|v| v * 20.0).collect();
+        let run = |dev: &Device| {
+            vec2(nn::swiglu(t2(&g, [rows, d], dev), t2(&w.repeat(rows), [rows, d], dev)).unwrap())
+        };
+        assert_close(&run(&gpu), &run(&cpu), 2e-6, 2e-5, "swiglu");
+    }
+
+    let (t, heads, d) = (37, 3, 64);
+    let x = data(t * heads * d, 11);
+    // Positions out of order and far apart (cached prefixes, several sequences).
+    let positions: Vec<u32> = (0..t as u32).map(|i| (i * 7919) % 1000).collect();
+    let factors: Vec<f32> = (0..24).map(|i| 1.0 + i as f32 / 3.0).collect();
+    for rope in [
+        Rope {
+            n_rot: 64,
+            freq_base: 10000.0,
+            freq_scale: 1.0,
+            freq_factors: vec![],
+            neox: false,
+        },
+        Rope {
+            n_rot: 48,
+            freq_base: 500000.0,
+            freq_scale: 0.25,
+            freq_factors: factors.clone(),
+            neox: false,
+        },
+        Rope {
+            n_rot: 64,
+            freq_base: 10000.0,
+            freq_scale: 1.0,
+            freq_factors: vec![],
+            neox: true,
+        },
+    ] {
+        let run =
+            |dev: &Device| vec3(nn::rope(t3(&x, [t, heads, d], dev), &positions, &rope).unwrap());
+        // cos/sin of angles up to ~1000 rad: the GPU's libm and Rust's differ by a few ulp of
+        // the angle's magnitude.
+        assert_close(
+            &run(&gpu),
+            &run(&cpu),
+            1e-4,
+            1e-4,
+            &format!("rope {rope:?}"),
+        );
+    }
+}
+
+/// One attention call: the new tokens' positions and sequence ids.
+type Step = (Vec<u32>, Vec<u32>);
+
+/// Runs `steps` attention calls (prefill, then appends) on one device; returns every output.
+fn attention_run(
+    device: &Device,
+    softmax: Softmax,
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+    steps: &[Step],
+) -> Vec<Vec<f32>> {
+    let cap: usize = steps.iter().map(|s| s.0.len()).sum::<usize>() + 3;
+    let mut cache = KvCache::new(cap, kv_heads, d, device);
+    let (mut key_pos, mut key_seq) = (Vec::new(), Vec::new());
+    let mut outs = Vec::new();
+    let mut start = 0;
+    for (step, (pos, seq)) in steps.iter().enumerate() {
+        let t = pos.len();
+        key_pos.extend_from_slice(pos);
+        key_seq.extend_from_slice(seq);
+        let mask = Visibility {
+            query_pos: Arc::from(pos.as_slice()),
+            query_seq: Arc::from(seq.as_slice()),
+            key_pos: Arc::from(key_pos.as_slice()),
+            key_seq: Arc::from(key_seq.as_slice()),
+            scale: 1.0 / (d as f32).sqrt(),
+            softmax,
+        };
+        let s = step as u64 * 3;
+        let q = t3(&data(t * heads * d, s + 1), [t, heads, d], device);
+        let k: Vec<f32> = data(t * kv_heads * d, s + 2)
+            .iter()
+            .map(|v| v * 4.0)
+            .collect();
+        let k = t3(&k, [t, kv_heads, d], device);
+        let v = t3(&data(t * kv_heads * d, s + 3), [t, kv_heads, d], device);
+        let out = nn::attention(q, k, v, &mut cache, start, mask).unwrap();
+        outs.push(vec2(out));
+        start += t;
+    }
+    outs
+}
+
+#[test]
+fn attention_matches_the_cpu_causal_gqa_shared_prefix_and_long() {
+    let Some((_, gpu)) = wgpu_device() else {
+        return;
+    };
+    let cpu = Device::flex();
+    let causal = |from: u32, to: u32| {
+        (
+            (from..to).collect::<Vec<u32>>(),
+            vec![0; (to - from) as usize],
+        )
+    };
+    let cases: Vec<(&str, usize, usize, usize, Vec<Step>)> = vec![
+        // Prefill of 37 (not a multiple of the 32-slot tile), then two decode steps; GQA 3:1.
+        (
+            "causal gqa",
+            6,
+            2,
+            64,
+            vec![causal(0, 37), causal(37, 38), causal(38, 39)],
+        ),
+        // A shared prefix (seq 0) and three label continuations (seqs 1..3) that must not see
+        // each other: the padding / multi-sequence case of batched label scoring.
+        (
+            "shared prefix",
+            4,
+            4,
+            32,
+            vec![
+                causal(0, 9),
+                (vec![9, 10, 9, 10, 11, 9], vec![1, 1, 2, 2, 2, 3]),
+            ],
+        ),
+        // A long sequence: 300 slots in ten tiles, batch 1 decode at the end; head dim 48
+        // (not a multiple of the 32 units).
+        ("long", 2, 1, 48, vec![causal(0, 299), causal(299, 300)]),
+    ];
+    for (what, heads, kv_heads, d, steps) in cases {
+        let want = attention_run(&cpu, Softmax::Rounded, heads, kv_heads, d, &steps);
+        // The one-pass kernel: within the f16 rounding of the CPU's probabilities.
+        let got = attention_run(&gpu, Softmax::OnePass, heads, kv_heads, d, &steps);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_close(g, w, 0.0, 2e-3 * 0.5, &format!("one-pass {what} step {i}"));
+        }
+        // The rounded variant follows the CPU's arithmetic: 100× tighter.
+        let got = attention_run(&gpu, Softmax::Rounded, heads, kv_heads, d, &steps);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_close(g, w, 0.0, 2e-5 * 0.5, &format!("rounded {what} step {i}"));
+        }
+    }
+}
