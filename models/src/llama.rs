@@ -10,7 +10,7 @@ use std::path::Path;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_kernels::QTensor;
 use kiln_kernels::nn::{self, KvCache, Rope, Softmax, Visibility};
-use kiln_kernels::qmatmul::{qmatmul, qrows};
+use kiln_kernels::qmatmul::{Reduction, qmatmul_with, qrows};
 use kiln_quant::gguf::{GgufFile, Metadata, TensorInfo, Value};
 
 use crate::{ModelError, Result};
@@ -275,6 +275,9 @@ pub struct Llama {
     /// The softmax of the Cube attention kernel (the CPU always follows ggml): the default
     /// [`Softmax::Rounded`] keeps GPU results on the CPU path's (llama.cpp's) arithmetic.
     pub softmax: Softmax,
+    /// The Cube mat-vec kernel's reduction ([`Reduction::Auto`]: plane sums where the device
+    /// has them).
+    pub reduction: Reduction,
 }
 
 /// What `forward` returns for the tokens it ran.
@@ -411,6 +414,7 @@ impl Llama {
             device: device.clone(),
             weight_bytes,
             softmax: Softmax::default(),
+            reduction: Reduction::Auto,
             config,
         })
     }
@@ -484,18 +488,18 @@ impl Llama {
         let mut x = qrows(&self.tok_embd, tokens)?;
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = nn::rms_norm(x.clone(), &layer.attn_norm, c.rms_eps)?;
-            let q = qmatmul(h.clone(), &layer.wq)?.reshape([t, nh, hd]);
-            let k = qmatmul(h.clone(), &layer.wk)?.reshape([t, nkv, hd]);
-            let v = qmatmul(h, &layer.wv)?.reshape([t, nkv, hd]);
+            let q = qmatmul_with(h.clone(), &layer.wq, self.reduction)?.reshape([t, nh, hd]);
+            let k = qmatmul_with(h.clone(), &layer.wk, self.reduction)?.reshape([t, nkv, hd]);
+            let v = qmatmul_with(h, &layer.wv, self.reduction)?.reshape([t, nkv, hd]);
             let q = nn::rope(q, positions, &self.rope)?;
             let k = nn::rope(k, positions, &self.rope)?;
             let a = nn::attention(q, k, v, kv, start, mask.clone())?;
-            x = x + qmatmul(a, &layer.wo)?;
+            x = x + qmatmul_with(a, &layer.wo, self.reduction)?;
 
             let h = nn::rms_norm(x.clone(), &layer.ffn_norm, c.rms_eps)?;
-            let g = qmatmul(h.clone(), &layer.gate)?;
-            let u = qmatmul(h, &layer.up)?;
-            x = x + qmatmul(nn::swiglu(g, u)?, &layer.down)?;
+            let g = qmatmul_with(h.clone(), &layer.gate, self.reduction)?;
+            let u = qmatmul_with(h, &layer.up, self.reduction)?;
+            x = x + qmatmul_with(nn::swiglu(g, u)?, &layer.down, self.reduction)?;
         }
         let x = if rows.len() == t && rows.iter().enumerate().all(|(i, &r)| i == r) {
             x
@@ -510,7 +514,11 @@ impl Llama {
         let x = nn::rms_norm(x, &self.output_norm, c.rms_eps)?;
         match output {
             Output::Hidden(_) => Ok(x),
-            Output::Logits(_) => Ok(qmatmul(x, self.output.as_ref().unwrap_or(&self.tok_embd))?),
+            Output::Logits(_) => Ok(qmatmul_with(
+                x,
+                self.output.as_ref().unwrap_or(&self.tok_embd),
+                self.reduction,
+            )?),
         }
     }
 }

@@ -3,7 +3,6 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
 use clap::Args;
 use kiln_runtime::llm::bench::{self, BenchConfig};
 use kiln_runtime::llm::classify::{self, Classifier};
@@ -16,8 +15,8 @@ pub struct ModelArgs {
     /// The GGUF model file.
     #[arg(long, short = 'm')]
     model: PathBuf,
-    /// Where to run: cpu (Llama models run on the CPU; the GPU kernels are issue #5).
-    #[arg(long, default_value = "cpu")]
+    /// Where to run: auto (the dispatch plan's choice: `kiln plan`), cpu, wgpu[:N], cuda[:N].
+    #[arg(long, default_value = "auto")]
     device: String,
     /// Worker threads (default: every core).
     #[arg(long, short = 't')]
@@ -42,19 +41,20 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
 impl ModelArgs {
     fn load(&self) -> Result<Llm> {
         set_threads(self.threads)?;
-        if self.device != "cpu" {
-            return Err(RuntimeError::Usage(format!(
-                "--device {}: Llama models run on the CPU for now (the GPU kernels are not written yet)",
-                self.device
-            )));
-        }
         if !self.model.exists() {
             return Err(RuntimeError::Usage(format!(
                 "{}: no such file",
                 self.model.display()
             )));
         }
-        Llm::load(&self.model, &Device::flex())
+        let plan = kiln_runtime::plan::plan_for_file(&self.model, &self.device, None)?;
+        let device = kiln_runtime::plan::open_device(&plan)?;
+        let mut llm = Llm::load(&self.model, &device)?;
+        if let kiln_runtime::plan::Kernels::Gpu(k) = &plan.kernels {
+            llm.model.softmax = k.softmax;
+            llm.model.reduction = k.matvec_reduction;
+        }
+        Ok(llm)
     }
 }
 

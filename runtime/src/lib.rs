@@ -10,6 +10,7 @@ mod error;
 pub mod inspect;
 pub mod llm;
 pub mod models_dir;
+pub mod plan;
 pub mod quantize;
 
 pub use devices::{DeviceClass, DeviceId, DeviceInfo, Devices, probe_devices};

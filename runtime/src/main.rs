@@ -59,6 +59,22 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Show how Kiln would run a model here: device, kernels, weight format, memory, and why
+    /// (with the alternatives rejected).
+    Plan {
+        /// The GGUF model file.
+        #[arg(long, short = 'm')]
+        model: PathBuf,
+        /// auto, cpu, wgpu[:N] or cuda[:N].
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Plan for this weight format instead of the file's (f16, q8_0, q4_0, …).
+        #[arg(long)]
+        format: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate text with a Llama-family GGUF model, streamed to stdout.
     Generate(cli_llm::GenerateArgs),
     /// Classify queries into intents with a Llama-family GGUF model (label log-likelihoods, or a
@@ -105,6 +121,24 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             what: BenchCommand::Embed(args),
         } => cli_embed::bench(args)?,
         Command::Embed(args) => cli_embed::embed(args)?,
+        Command::Plan {
+            model,
+            device,
+            format,
+            json,
+        } => {
+            if !model.is_file() {
+                return Err(
+                    RuntimeError::Usage(format!("{}: no such file", model.display())).into(),
+                );
+            }
+            let plan = kiln_runtime::plan::plan_for_file(&model, &device, format.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{plan}");
+            }
+        }
         Command::Devices { json } => {
             let devices = probe_devices();
             if json {

@@ -392,7 +392,6 @@ mod llm {
         let Some(m) = model() else { return };
         for args in [
             vec!["generate", "-m", "/nonexistent.gguf", "-p", "hi"],
-            vec!["generate", "-m", &m, "-p", "hi", "--device", "wgpu"],
             vec!["generate", "-m", &m, "-p", "hi", "--top-p", "2"],
             vec!["generate", "-m", &m, "-p", ""],
             vec!["bench", "llm", "-m", &m, "-r", "0"],
@@ -400,10 +399,100 @@ mod llm {
             let out = kiln(&args);
             let (_, stderr) = text(&out);
             assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-            assert!(stderr.starts_with("kiln: error: "), "{stderr}");
+            // One error line from Kiln, last. (Probing GPUs for `--device auto` may let a
+            // graphics driver print first, e.g. Mesa without XDG_RUNTIME_DIR.)
+            let kiln_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("kiln")).collect();
+            assert_eq!(kiln_lines.len(), 1, "{stderr}");
+            assert!(
+                stderr
+                    .trim_end()
+                    .lines()
+                    .last()
+                    .unwrap()
+                    .starts_with("kiln: error: "),
+                "{stderr}"
+            );
         }
+        // A device that does not exist: exit 1, named.
+        let out = kiln(&["generate", "-m", &m, "-p", "hi", "--device", "tpu:0"]);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("tpu:0"), "{stderr}");
         // A file that is not GGUF: exit 1 with the reason.
         let out = kiln(&["generate", "-m", env!("CARGO_MANIFEST_DIR"), "-p", "hi"]);
         assert_eq!(out.status.code(), Some(1));
+    }
+
+    /// `kiln plan`: the device, format and kernels with their reasons, as text and JSON; the
+    /// overrides; bad requests.
+    #[test]
+    fn plan_prints_the_choices_and_takes_overrides() {
+        let Some(m) = model() else { return };
+        let out = kiln(&["plan", "-m", &m, "--device", "cpu"]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        for want in [
+            "device:  cpu",
+            "format:  q4_1",
+            "kernels: CPU",
+            "why:",
+            "not q4_0",
+        ] {
+            assert!(stdout.contains(want), "{want:?} in {stdout}");
+        }
+        let out = kiln(&[
+            "plan", "-m", &m, "--device", "cpu", "--format", "q8_0", "--json",
+        ]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(v["format"], "q8_0");
+        assert_eq!(v["needs_conversion"], true);
+        assert_eq!(v["device"], "cpu");
+        assert!(v["choices"].as_array().unwrap().len() >= 3);
+        // Automatic choice on this machine: never a software GPU (llvmpipe) unasked.
+        let out = kiln(&["plan", "-m", &m, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&text(&out).0).unwrap();
+        assert_eq!(v["device"], "cpu", "{v}");
+        for args in [
+            vec!["plan", "-m", &m, "--format", "q9_9"],
+            vec!["plan", "-m", "/nonexistent.gguf"],
+        ] {
+            let out = kiln(&args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out).1);
+        }
+    }
+
+    /// `--device wgpu` runs the model through Kiln's CubeCL kernels (llvmpipe in CI).
+    #[test]
+    fn generate_on_wgpu() {
+        let Some(m) = model() else { return };
+        if kiln_tests_wgpu_absent() {
+            return;
+        }
+        let out = kiln(&[
+            "generate",
+            "-m",
+            &m,
+            "-p",
+            "The capital of France is",
+            "-n",
+            "3",
+            "--device",
+            "wgpu",
+        ]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stdout.contains("Paris"), "{stdout}");
+    }
+
+    fn kiln_tests_wgpu_absent() -> bool {
+        let out = kiln(&["devices", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&text(&out).0).unwrap();
+        !v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["id"].as_str().is_some_and(|id| id.starts_with("wgpu")))
     }
 }

@@ -1,0 +1,835 @@
+//! Dispatch: which device, which kernels and which weight format a model runs with.
+//!
+//! [`plan`] is a pure function of plain facts ([`DeviceFacts`] from probing, [`ModelFacts`] from
+//! the model file, [`Overrides`] from the user), so every rule is unit-tested on made-up
+//! hardware. Every choice carries its reason and the alternatives it rejected, and `kiln plan`
+//! prints them.
+//!
+//! The rules, and where they come from:
+//! * Devices: a CUDA or discrete GPU where the model fits; else the CPU. Software GPUs (llvmpipe,
+//!   WARP) run on the CPU through a graphics API and are never picked unasked; integrated GPUs
+//!   share the CPU's memory bandwidth, and decoding is bandwidth-bound, so Kiln's CPU kernels
+//!   are preferred there too. A GPU must hold the weights, the KV cache and 10% headroom, and
+//!   its largest storage binding must hold the largest weight.
+//! * Format: the file's own format where the device has kernels for it (conversion is a
+//!   separate, explicit step: `kiln quantize`). Kiln's GPU kernels decode GGUF blocks in
+//!   registers, so a 4-bit weight costs a quarter of the memory traffic of an f16 one without
+//!   needing int4 math units; the intent-classifier paper's T4 slowdown came from
+//!   dequantizing before multiplying (../shared/MODELS.md §1), which Kiln does not do.
+//!   The faster format for the device is named when it is not the file's.
+//! * Kernels: plane (subgroup) reductions where the device has them, else shared memory; the
+//!   tiled mat-mul's 64 × 64 × 32 tile needs 16.5 KiB of shared memory and 256 invocations;
+//!   the CPU's SIMD level from the detected instruction sets.
+
+use std::fmt;
+use std::path::Path;
+
+use kiln_kernels::nn::Softmax;
+use kiln_kernels::qmatmul::Reduction;
+use kiln_quant::GgmlType;
+use serde::Serialize;
+
+use crate::devices::{DeviceClass, DeviceId, DeviceInfo, SimdFeatures};
+use crate::{Result, RuntimeError};
+
+/// What the policy reads about a device.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DeviceFacts {
+    pub id: DeviceId,
+    pub name: String,
+    pub class: DeviceClass,
+    /// Memory the model may use: device memory for a GPU that reports it, RAM for the CPU.
+    pub memory_bytes: Option<u64>,
+    /// Largest buffer one kernel can bind (GPUs).
+    pub max_binding_bytes: Option<u64>,
+    pub shared_memory_bytes: Option<u64>,
+    pub max_invocations: Option<u32>,
+    pub f16: bool,
+    pub subgroups: bool,
+    /// CPU instruction sets (the `cpu` device).
+    pub simd: Option<SimdFeatures>,
+}
+
+impl From<&DeviceInfo> for DeviceFacts {
+    fn from(d: &DeviceInfo) -> Self {
+        DeviceFacts {
+            id: d.id,
+            name: d.name.clone(),
+            class: d.class,
+            memory_bytes: d
+                .memory_bytes
+                .or_else(|| d.cpu.as_ref().map(|c| c.memory_bytes)),
+            max_binding_bytes: d.limits.as_ref().map(|l| l.max_storage_binding_size),
+            shared_memory_bytes: d.limits.as_ref().map(|l| l.max_shared_memory),
+            max_invocations: d.limits.as_ref().map(|l| l.max_workgroup_invocations),
+            f16: d.f16,
+            subgroups: d.subgroups,
+            simd: d.cpu.as_ref().map(|c| c.simd.clone()),
+        }
+    }
+}
+
+/// What the policy reads about a model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelFacts {
+    pub name: String,
+    pub params: u64,
+    /// Bytes of weights per storage format, largest first.
+    pub formats: Vec<(GgmlType, u64)>,
+    /// The format of the matrix weights holding most bytes: what "the model's format" means.
+    pub main_format: GgmlType,
+    pub weight_bytes: u64,
+    /// The largest single weight (it must fit one GPU storage binding).
+    pub largest_tensor_bytes: u64,
+    /// KV cache bytes per token of context (0 for encoders).
+    pub kv_bytes_per_token: u64,
+    /// Context the plan budgets memory for.
+    pub context: usize,
+}
+
+/// Context budgeted when the model's is longer (intent classification prompts are short).
+pub const DEFAULT_CONTEXT: usize = 4096;
+
+impl ModelFacts {
+    /// Facts from a GGUF file's header (no tensor data is read).
+    pub fn from_gguf(path: &Path) -> Result<Self> {
+        let gguf = kiln_quant::gguf::GgufFile::open(path)?;
+        let cfg = kiln_models::llama::LlamaConfig::from_gguf(&gguf)?;
+        let mut per_type: Vec<(GgmlType, u64)> = Vec::new();
+        let mut matrix_bytes: Vec<(GgmlType, u64)> = Vec::new();
+        let (mut total, mut largest) = (0u64, 0u64);
+        for t in &gguf.tensors {
+            total += t.n_bytes;
+            largest = largest.max(t.n_bytes);
+            add_bytes(&mut per_type, t.ty, t.n_bytes);
+            if t.dims.len() == 2 {
+                add_bytes(&mut matrix_bytes, t.ty, t.n_bytes);
+            }
+        }
+        per_type.sort_by_key(|&(_, b)| std::cmp::Reverse(b));
+        matrix_bytes.sort_by_key(|&(_, b)| std::cmp::Reverse(b));
+        let main_format = matrix_bytes
+            .first()
+            .or(per_type.first())
+            .map(|&(t, _)| t)
+            .ok_or_else(|| RuntimeError::Usage(format!("{}: no tensors", path.display())))?;
+        // The CPU caches K/V as f16 and the GPU as f32: budget the larger.
+        let kv = 2 * cfg.n_layer as u64 * (cfg.n_head_kv * cfg.head_dim) as u64 * 4;
+        Ok(ModelFacts {
+            name: path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into(),
+            ),
+            params: cfg.n_params,
+            formats: per_type,
+            main_format,
+            weight_bytes: total,
+            largest_tensor_bytes: largest,
+            kv_bytes_per_token: kv,
+            context: cfg.context_length.min(DEFAULT_CONTEXT),
+        })
+    }
+
+    fn memory_needed(&self) -> u64 {
+        self.weight_bytes + self.kv_bytes_per_token * self.context as u64
+    }
+}
+
+fn add_bytes(v: &mut Vec<(GgmlType, u64)>, ty: GgmlType, bytes: u64) {
+    match v.iter_mut().find(|(t, _)| *t == ty) {
+        Some((_, b)) => *b += bytes,
+        None => v.push((ty, bytes)),
+    }
+}
+
+/// What the user fixed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Overrides {
+    pub device: Option<DeviceId>,
+    pub format: Option<GgmlType>,
+}
+
+/// One decision: what was chosen, why, and what was rejected for which reason.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Choice {
+    pub what: &'static str,
+    pub chosen: String,
+    pub why: String,
+    pub rejected: Vec<(String, String)>,
+}
+
+/// The kernels a GPU plan runs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GpuKernels {
+    #[serde(serialize_with = "debug_str")]
+    pub matvec_reduction: Reduction,
+    /// Units per cube of the mat-vec kernel.
+    pub matvec_units: u32,
+    /// Values per load (the kernels read u32 words of packed blocks).
+    pub vector_width: u32,
+    /// Output rows × columns × K step of the tiled mat-mul.
+    pub tile: (u32, u32, u32),
+    #[serde(serialize_with = "debug_str")]
+    pub softmax: Softmax,
+}
+
+fn debug_str<T: fmt::Debug, S: serde::Serializer>(
+    v: &T,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:?}"))
+}
+
+/// The kernels a plan runs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kernels {
+    /// Kiln's CPU kernels at this SIMD level (`scalar`, `avx2`, `avx512-vnni`).
+    Cpu { isa: &'static str },
+    /// Kiln's CubeCL kernels.
+    Gpu(GpuKernels),
+}
+
+/// The dispatch decision for one model.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Plan {
+    pub model: String,
+    pub device: DeviceId,
+    pub device_name: String,
+    #[serde(serialize_with = "type_name")]
+    pub format: GgmlType,
+    /// The format is not the file's: convert first with `kiln quantize`.
+    pub needs_conversion: bool,
+    pub kernels: Kernels,
+    pub memory_needed_bytes: u64,
+    pub choices: Vec<Choice>,
+}
+
+fn type_name<S: serde::Serializer>(t: &GgmlType, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(t.name())
+}
+
+/// Tiled mat-mul: 64 × 64 outputs, K step 32, 256 invocations, 2 × 8 KiB tiles + 512 B.
+const TILE: (u32, u32, u32) = (64, 64, 32);
+const TILE_SHARED_BYTES: u64 = 2 * 64 * 32 * 4 + 2 * 64 * 4;
+const TILE_INVOCATIONS: u32 = 256;
+const MATVEC_UNITS: u32 = 64;
+
+/// The weight formats Kiln's kernels read on a device.
+fn runs_on(device: &DeviceFacts, ty: GgmlType) -> bool {
+    match device.id {
+        DeviceId::Cpu => kiln_kernels::cpu::MATMUL_TYPES.contains(&ty),
+        _ => kiln_kernels::CUBE_TYPES.contains(&ty),
+    }
+}
+
+/// Formats ranked fastest first for decoding on a device, with the evidence.
+/// CPU: llama-bench tg128 on the 2-core development machine (ISSUE #8's table); the ranking holds
+/// for Kiln's CPU kernels, which follow llama.cpp's. GPU: decode reads every weight once per
+/// token, so bytes per weight decide (Kiln decodes blocks in registers).
+pub fn decode_ranking(device: &DeviceFacts) -> (Vec<GgmlType>, &'static str) {
+    use GgmlType::*;
+    match device.id {
+        DeviceId::Cpu => (
+            vec![Q4_0, Q4_K, Q8_0, Q4_1, Q6_K, F16, F32],
+            "llama-bench tg128 on a 2-core x86 CPU: q4_0 261, q4_K 196, q8_0 193, q4_1 191, f16 157 t/s",
+        ),
+        _ => (
+            vec![Q4_0, Q4_K, Q4_1, Q6_K, Q8_0, F16, F32],
+            "decoding is memory-bound and Kiln's kernels decode blocks in registers: bits per weight q4_0 4.5, q4_K 4.5, q4_1 5, q6_K 6.6, q8_0 8.5, f16 16",
+        ),
+    }
+}
+
+fn cpu_isa(simd: Option<&SimdFeatures>) -> (&'static str, String, Vec<(String, String)>) {
+    let s = simd.cloned().unwrap_or_default();
+    let mut rejected = Vec::new();
+    let avx2 = s.avx2 && s.fma && s.f16c;
+    let isa = if avx2 && s.avx512f && s.avx512bw && s.avx512vl && s.avx512vnni {
+        (
+            "avx512-vnni",
+            "AVX-512 with VNNI: vpdpbusd does the 8-bit multiply-adds of the quantized dots"
+                .to_string(),
+        )
+    } else if avx2 {
+        rejected.push((
+            "avx512-vnni".to_string(),
+            "the CPU lacks AVX-512 F/BW/VL + VNNI".to_string(),
+        ));
+        ("avx2", "AVX2 + FMA + F16C kernels".to_string())
+    } else {
+        rejected.push((
+            "avx2".to_string(),
+            "the CPU lacks AVX2/FMA/F16C".to_string(),
+        ));
+        let why = if s.neon {
+            "portable kernels: Kiln has no NEON kernels yet (ARM runs the scalar reference)"
+        } else {
+            "portable kernels"
+        };
+        ("scalar", why.to_string())
+    };
+    (isa.0, isa.1, rejected)
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+/// Why `device` cannot run the model, or `None` when it can.
+fn unfit(device: &DeviceFacts, model: &ModelFacts, format: GgmlType) -> Option<String> {
+    if !runs_on(device, format) {
+        return Some(format!(
+            "no Kiln kernel for {} weights on {}",
+            format.name(),
+            device.id
+        ));
+    }
+    let need = model.memory_needed() + model.memory_needed() / 10;
+    if let Some(mem) = device.memory_bytes
+        && need > mem
+    {
+        return Some(format!(
+            "needs {} (weights, KV cache for {} tokens, 10% headroom), has {}",
+            gib(need),
+            model.context,
+            gib(mem)
+        ));
+    }
+    if let Some(bind) = device.max_binding_bytes
+        && model.largest_tensor_bytes > bind
+    {
+        return Some(format!(
+            "its largest weight ({} MiB) exceeds the largest storage binding ({} MiB)",
+            model.largest_tensor_bytes >> 20,
+            bind >> 20
+        ));
+    }
+    if device.id != DeviceId::Cpu {
+        let shared = device.shared_memory_bytes.unwrap_or(0);
+        let inv = device.max_invocations.unwrap_or(0);
+        if shared < TILE_SHARED_BYTES || inv < TILE_INVOCATIONS {
+            return Some(format!(
+                "the tiled mat-mul needs {TILE_SHARED_BYTES} B of shared memory and {TILE_INVOCATIONS} invocations per workgroup (has {shared} B, {inv})"
+            ));
+        }
+    }
+    None
+}
+
+/// Preference among devices that can run the model (lower is better), with the reason.
+fn rank(device: &DeviceFacts) -> (u8, &'static str) {
+    match (device.id, device.class) {
+        (DeviceId::Cuda(_), _) => (0, "a CUDA GPU: the most memory bandwidth for decoding"),
+        (_, DeviceClass::DiscreteGpu) => (1, "a discrete GPU: more memory bandwidth than the CPU"),
+        (DeviceId::Cpu, _) => (2, "Kiln's SIMD CPU kernels (llama.cpp's arithmetic)"),
+        (_, DeviceClass::IntegratedGpu | DeviceClass::VirtualGpu) => (
+            3,
+            "an integrated GPU shares the CPU's memory bandwidth, and decoding is bandwidth-bound",
+        ),
+        (_, DeviceClass::SoftwareGpu) => (
+            4,
+            "a software GPU runs on the CPU through a graphics API, slower than Kiln's CPU kernels",
+        ),
+        _ => (3, "an unclassified adapter"),
+    }
+}
+
+/// The dispatch policy: device, kernels and weight format for `model` among `devices`.
+pub fn plan(devices: &[DeviceFacts], model: &ModelFacts, ov: &Overrides) -> Result<Plan> {
+    let format = ov.format.unwrap_or(model.main_format);
+    let mut choices = Vec::new();
+
+    // Device.
+    let device = if let Some(id) = ov.device {
+        let d = devices
+            .iter()
+            .find(|d| d.id == id)
+            .ok_or_else(|| RuntimeError::Device {
+                id: id.to_string(),
+                reason: "not found on this machine".into(),
+            })?;
+        if let Some(why) = unfit(d, model, format) {
+            return Err(RuntimeError::Device {
+                id: id.to_string(),
+                reason: why,
+            });
+        }
+        choices.push(Choice {
+            what: "device",
+            chosen: format!("{} ({})", d.id, d.name),
+            why: "asked for with --device".into(),
+            rejected: vec![],
+        });
+        d
+    } else {
+        let mut fit: Vec<&DeviceFacts> = Vec::new();
+        let mut rejected = Vec::new();
+        for d in devices {
+            match unfit(d, model, format) {
+                Some(why) => rejected.push((d.id.to_string(), why)),
+                None => fit.push(d),
+            }
+        }
+        fit.sort_by_key(|d| rank(d).0);
+        let Some(&best) = fit.iter().find(|d| rank(d).0 < 4) else {
+            return Err(RuntimeError::Usage(format!(
+                "no device can run {} as {}: {}",
+                model.name,
+                format.name(),
+                rejected
+                    .iter()
+                    .map(|(d, w)| format!("{d}: {w}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
+        };
+        for d in fit.iter().filter(|d| d.id != best.id) {
+            rejected.push((d.id.to_string(), rank(d).1.to_string()));
+        }
+        choices.push(Choice {
+            what: "device",
+            chosen: format!("{} ({})", best.id, best.name),
+            why: rank(best).1.to_string(),
+            rejected,
+        });
+        best
+    };
+
+    // Format.
+    let (ranking, evidence) = decode_ranking(device);
+    let fastest = ranking
+        .iter()
+        .copied()
+        .find(|&t| runs_on(device, t))
+        .unwrap_or(format);
+    let needs_conversion = format != model.main_format;
+    let mut rejected: Vec<(String, String)> = Vec::new();
+    if fastest != format {
+        rejected.push((
+            fastest.name().to_string(),
+            format!(
+                "decodes faster here ({evidence}), but {} needs `kiln quantize --type {}` first and its accuracy measured (`kiln tradeoffs`)",
+                model.name,
+                fastest.name()
+            ),
+        ));
+    }
+    choices.push(Choice {
+        what: "format",
+        chosen: format.name().to_string(),
+        why: if ov.format.is_some() {
+            format!(
+                "asked for with --format{}",
+                if needs_conversion {
+                    format!(
+                        " (the file holds {}: convert it with `kiln quantize`)",
+                        model.main_format.name()
+                    )
+                } else {
+                    String::new()
+                }
+            )
+        } else {
+            format!(
+                "the file's format; Kiln's {} kernels read its blocks directly",
+                if device.id == DeviceId::Cpu {
+                    "CPU"
+                } else {
+                    "GPU"
+                }
+            )
+        },
+        rejected,
+    });
+
+    // Kernels.
+    let kernels = if device.id == DeviceId::Cpu {
+        let (isa, why, rejected) = cpu_isa(device.simd.as_ref());
+        choices.push(Choice {
+            what: "cpu kernels",
+            chosen: isa.to_string(),
+            why,
+            rejected,
+        });
+        Kernels::Cpu { isa }
+    } else {
+        let (reduction, why, rejected) = if device.subgroups {
+            (
+                Reduction::Plane,
+                "the device has subgroup operations: plane sums, one shared-memory step",
+                (
+                    "shared",
+                    "a log2(64)-step shared-memory tree with a barrier per step",
+                ),
+            )
+        } else {
+            (
+                Reduction::Shared,
+                "the device has no subgroup operations: shared-memory tree",
+                ("plane", "needs subgroup operations"),
+            )
+        };
+        choices.push(Choice {
+            what: "mat-vec reduction",
+            chosen: format!("{reduction:?}").to_lowercase(),
+            why: why.into(),
+            rejected: vec![(rejected.0.into(), rejected.1.into())],
+        });
+        choices.push(Choice {
+            what: "tiles",
+            chosen: format!(
+                "mat-vec {MATVEC_UNITS} units per row; mat-mul {}×{}×{} in {TILE_INVOCATIONS} units",
+                TILE.0, TILE.1, TILE.2
+            ),
+            why: format!(
+                "fits {TILE_SHARED_BYTES} B of shared memory; 4 × 4 outputs per unit; K step of one 32-value block"
+            ),
+            rejected: vec![(
+                "vector loads".into(),
+                "the kernels read packed blocks as u32 words, one value group per unit (vector width 1)".into(),
+            )],
+        });
+        let long = model.context > 2048;
+        let softmax = Softmax::Rounded;
+        choices.push(Choice {
+            what: "attention",
+            chosen: "rounded (ggml arithmetic)".into(),
+            why: "probabilities rounded to f16 as the CPU path and llama.cpp do, so results agree across devices".into(),
+            rejected: vec![(
+                "one-pass online softmax".into(),
+                if long {
+                    "reads K once instead of twice, but flips near-tied argmaxes against the CPU path; choose it for long contexts when speed matters more".into()
+                } else {
+                    "reads K once instead of twice, but flips near-tied argmaxes against the CPU path".into()
+                },
+            )],
+        });
+        Kernels::Gpu(GpuKernels {
+            matvec_reduction: reduction,
+            matvec_units: MATVEC_UNITS,
+            vector_width: 1,
+            tile: TILE,
+            softmax,
+        })
+    };
+
+    Ok(Plan {
+        model: model.name.clone(),
+        device: device.id,
+        device_name: device.name.clone(),
+        format,
+        needs_conversion,
+        kernels,
+        memory_needed_bytes: model.memory_needed(),
+        choices,
+    })
+}
+
+/// Plans `model` (a GGUF file) on this machine's devices. `device`: `auto` or a device name
+/// (`cpu`, `wgpu[:N]`, `cuda[:N]`); `format`: a ggml type name. `cpu` skips probing the GPUs.
+pub fn plan_for_file(model: &Path, device: &str, format: Option<&str>) -> Result<Plan> {
+    let facts = ModelFacts::from_gguf(model)?;
+    let format = format
+        .map(|name| {
+            GgmlType::from_name(name).ok_or_else(|| {
+                RuntimeError::Usage(format!("--format {name:?}: not a ggml type name"))
+            })
+        })
+        .transpose()?;
+    let (devices, wanted) = match device {
+        "auto" => (crate::probe_devices().devices, None),
+        "cpu" => (vec![DeviceInfo::cpu()], Some(DeviceId::Cpu)),
+        name => {
+            let id: DeviceId = name.parse()?;
+            (crate::probe_devices().devices, Some(id))
+        }
+    };
+    let facts_of: Vec<DeviceFacts> = devices.iter().map(DeviceFacts::from).collect();
+    plan(
+        &facts_of,
+        &facts,
+        &Overrides {
+            device: wanted,
+            format,
+        },
+    )
+}
+
+/// Opens the Burn device a plan chose (probing again: device handles are not plain data).
+pub fn open_device(plan: &Plan) -> Result<burn::tensor::Device> {
+    if plan.device == DeviceId::Cpu {
+        return Ok(burn::tensor::Device::flex());
+    }
+    crate::probe_devices()
+        .find(&plan.device.to_string())?
+        .burn_device()
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "plan for {}", self.model)?;
+        writeln!(f, "  device:  {} ({})", self.device, self.device_name)?;
+        writeln!(
+            f,
+            "  format:  {}{}",
+            self.format.name(),
+            if self.needs_conversion {
+                " (convert first: kiln quantize)"
+            } else {
+                ""
+            }
+        )?;
+        match &self.kernels {
+            Kernels::Cpu { isa } => writeln!(f, "  kernels: CPU {isa}")?,
+            Kernels::Gpu(k) => writeln!(
+                f,
+                "  kernels: CubeCL; mat-vec {:?} reduction, {} units; mat-mul tile {}×{}×{}; vector width {}; attention {:?}",
+                k.matvec_reduction,
+                k.matvec_units,
+                k.tile.0,
+                k.tile.1,
+                k.tile.2,
+                k.vector_width,
+                k.softmax
+            )?,
+        }
+        writeln!(
+            f,
+            "  memory:  {} (weights + KV cache)",
+            gib(self.memory_needed_bytes)
+        )?;
+        writeln!(f, "why:")?;
+        for c in &self.choices {
+            writeln!(f, "  {}: {} — {}", c.what, c.chosen, c.why)?;
+            for (alt, why) in &c.rejected {
+                writeln!(f, "    not {alt}: {why}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn cpu(avx512: bool) -> DeviceFacts {
+        let simd = SimdFeatures {
+            avx: true,
+            avx2: true,
+            fma: true,
+            f16c: true,
+            avx512f: avx512,
+            avx512bw: avx512,
+            avx512vl: avx512,
+            avx512vnni: avx512,
+            ..SimdFeatures::default()
+        };
+        DeviceFacts {
+            id: DeviceId::Cpu,
+            name: "made-up CPU".into(),
+            class: DeviceClass::Cpu,
+            memory_bytes: Some(16 * GIB),
+            max_binding_bytes: None,
+            shared_memory_bytes: None,
+            max_invocations: None,
+            f16: false,
+            subgroups: false,
+            simd: Some(simd),
+        }
+    }
+
+    fn gpu(id: DeviceId, class: DeviceClass, mem: u64, subgroups: bool) -> DeviceFacts {
+        DeviceFacts {
+            id,
+            name: format!("made-up {class}"),
+            class,
+            memory_bytes: Some(mem),
+            max_binding_bytes: Some(mem.min(2 * GIB)),
+            shared_memory_bytes: Some(48 << 10),
+            max_invocations: Some(1024),
+            f16: true,
+            subgroups,
+            simd: None,
+        }
+    }
+
+    /// A T4: CUDA, 16 GB, warps, no fast int4 path in Kiln (none is needed: blocks are decoded
+    /// to f32 in registers).
+    fn t4() -> DeviceFacts {
+        gpu(DeviceId::Cuda(0), DeviceClass::DiscreteGpu, 15 * GIB, true)
+    }
+
+    fn llama_1b(format: GgmlType) -> ModelFacts {
+        let weight_bytes = match format {
+            GgmlType::Q4_0 => 770 << 20,
+            GgmlType::Q8_0 => 1300 << 20,
+            _ => 2500 << 20,
+        };
+        ModelFacts {
+            name: format!("llama-1b-{}.gguf", format.name()),
+            params: 1_240_000_000,
+            formats: vec![(format, weight_bytes)],
+            main_format: format,
+            weight_bytes,
+            largest_tensor_bytes: weight_bytes / 5,
+            kv_bytes_per_token: 2 * 16 * 512 * 4,
+            context: DEFAULT_CONTEXT,
+        }
+    }
+
+    fn choice<'a>(p: &'a Plan, what: &str) -> &'a Choice {
+        p.choices.iter().find(|c| c.what == what).unwrap()
+    }
+
+    #[test]
+    fn t4_like_cuda_gpu_runs_4bit_fused_with_warp_reductions() {
+        let devices = [cpu(true), t4()];
+        let p = plan(&devices, &llama_1b(GgmlType::Q4_0), &Overrides::default()).unwrap();
+        assert_eq!(p.device, DeviceId::Cuda(0));
+        assert_eq!(p.format, GgmlType::Q4_0);
+        let Kernels::Gpu(k) = &p.kernels else {
+            panic!("{p}")
+        };
+        assert_eq!(k.matvec_reduction, Reduction::Plane);
+        assert_eq!(k.softmax, Softmax::Rounded);
+        assert!(
+            choice(&p, "device")
+                .rejected
+                .iter()
+                .any(|(d, _)| d == "cpu")
+        );
+        // An f16 file on the T4: runs as stored, q4_0 named as the faster format.
+        let p = plan(&devices, &llama_1b(GgmlType::F16), &Overrides::default()).unwrap();
+        assert_eq!((p.device, p.format), (DeviceId::Cuda(0), GgmlType::F16));
+        let f = choice(&p, "format");
+        assert_eq!(f.rejected[0].0, "q4_0", "{p}");
+        assert!(f.rejected[0].1.contains("memory-bound"), "{p}");
+    }
+
+    #[test]
+    fn gpu_with_f16_and_subgroups_vs_one_without() {
+        let with = gpu(DeviceId::Wgpu(0), DeviceClass::DiscreteGpu, 8 * GIB, true);
+        let p = plan(
+            &[cpu(false), with],
+            &llama_1b(GgmlType::Q8_0),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(p.device, DeviceId::Wgpu(0));
+        assert!(matches!(&p.kernels, Kernels::Gpu(k) if k.matvec_reduction == Reduction::Plane));
+        let without = gpu(DeviceId::Wgpu(0), DeviceClass::DiscreteGpu, 8 * GIB, false);
+        let p = plan(
+            &[cpu(false), without],
+            &llama_1b(GgmlType::Q8_0),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(matches!(&p.kernels, Kernels::Gpu(k) if k.matvec_reduction == Reduction::Shared));
+        assert_eq!(choice(&p, "mat-vec reduction").rejected[0].0, "plane");
+    }
+
+    #[test]
+    fn integrated_gpu_with_little_memory_is_rejected_and_the_cpu_runs() {
+        let igpu = gpu(
+            DeviceId::Wgpu(0),
+            DeviceClass::IntegratedGpu,
+            512 << 20,
+            false,
+        );
+        let p = plan(
+            &[cpu(true), igpu.clone()],
+            &llama_1b(GgmlType::Q8_0),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(p.device, DeviceId::Cpu);
+        let (_, why) = &choice(&p, "device").rejected[0];
+        assert!(
+            why.contains("needs") && why.contains("has 0.50 GiB"),
+            "{why}"
+        );
+        // Asking for it anyway is an error with the reason, not a silent switch.
+        let err = plan(
+            &[cpu(true), igpu],
+            &llama_1b(GgmlType::Q8_0),
+            &Overrides {
+                device: Some(DeviceId::Wgpu(0)),
+                format: None,
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("needs"), "{err}");
+    }
+
+    #[test]
+    fn cpu_with_and_without_avx512() {
+        let m = llama_1b(GgmlType::Q4_1);
+        let p = plan(&[cpu(true)], &m, &Overrides::default()).unwrap();
+        assert_eq!(p.kernels, Kernels::Cpu { isa: "avx512-vnni" });
+        // The file's Q4_1 runs; Q4_0 is named as the faster CPU format, with the evidence.
+        assert_eq!(p.format, GgmlType::Q4_1);
+        assert!(!p.needs_conversion);
+        let f = choice(&p, "format");
+        assert_eq!(f.rejected[0].0, "q4_0");
+        assert!(f.rejected[0].1.contains("261"), "{p}");
+        let p = plan(&[cpu(false)], &m, &Overrides::default()).unwrap();
+        assert_eq!(p.kernels, Kernels::Cpu { isa: "avx2" });
+        assert_eq!(choice(&p, "cpu kernels").rejected[0].0, "avx512-vnni");
+    }
+
+    #[test]
+    fn software_gpu_is_never_picked_unasked_but_runs_when_asked() {
+        let soft = DeviceFacts {
+            memory_bytes: None,
+            ..gpu(DeviceId::Wgpu(0), DeviceClass::SoftwareGpu, 2 * GIB, false)
+        };
+        let m = llama_1b(GgmlType::Q4_0);
+        let p = plan(&[cpu(false), soft.clone()], &m, &Overrides::default()).unwrap();
+        assert_eq!(p.device, DeviceId::Cpu);
+        assert!(choice(&p, "device").rejected[0].1.contains("software GPU"));
+        let asked = Overrides {
+            device: Some(DeviceId::Wgpu(0)),
+            format: None,
+        };
+        let p = plan(&[cpu(false), soft], &m, &asked).unwrap();
+        assert_eq!(p.device, DeviceId::Wgpu(0));
+    }
+
+    #[test]
+    fn format_override_and_missing_kernels() {
+        let m = llama_1b(GgmlType::Q4_0);
+        let ov = Overrides {
+            device: None,
+            format: Some(GgmlType::Q8_0),
+        };
+        let p = plan(&[cpu(true)], &m, &ov).unwrap();
+        assert_eq!(p.format, GgmlType::Q8_0);
+        assert!(p.needs_conversion);
+        // Q5_0 has CPU kernels but no GPU ones: the GPU is rejected for it, the CPU runs it.
+        let ov = Overrides {
+            device: None,
+            format: Some(GgmlType::Q5_0),
+        };
+        let p = plan(&[cpu(true), t4()], &m, &ov).unwrap();
+        assert_eq!(p.device, DeviceId::Cpu);
+        assert!(
+            choice(&p, "device").rejected[0]
+                .1
+                .contains("no Kiln kernel")
+        );
+        // A binding too small for the largest tensor rejects the GPU.
+        let mut small = t4();
+        small.max_binding_bytes = Some(64 << 20);
+        let p = plan(&[cpu(true), small], &m, &Overrides::default()).unwrap();
+        assert_eq!(p.device, DeviceId::Cpu);
+        assert!(
+            choice(&p, "device").rejected[0]
+                .1
+                .contains("storage binding")
+        );
+    }
+}
