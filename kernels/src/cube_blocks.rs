@@ -29,6 +29,33 @@ pub fn row_bytes(ty: GgmlType, k: usize) -> usize {
     k / ty.block_size() * ty.block_bytes()
 }
 
+/// Bytes `first .. first + 8` as two little-endian u32 words (2 or 3 word loads instead of 8
+/// byte extractions). Reads no word past the one holding byte `first + 7`.
+#[cube]
+#[allow(unused_assignments)] // CubeCL variables need a value before a branch assigns them.
+pub fn bytes8(words: &[u32], first: usize) -> (u32, u32) {
+    let w = first / 4;
+    let off = u32::cast_from(first % 4) * 8u32;
+    let w0 = words[w];
+    let w1 = words[w + 1];
+    let mut lo = w0;
+    let mut hi = w1;
+    if off != 0u32 {
+        let w2 = words[w + 2];
+        lo = (w0 >> off) | (w1 << (32u32 - off));
+        hi = (w1 >> off) | (w2 << (32u32 - off));
+    }
+    (lo, hi)
+}
+
+/// Byte `i` (0..8) of the pair `bytes8` returns.
+#[cube]
+fn byte_of(pair: (u32, u32), #[comptime] i: usize) -> u32 {
+    let (lo, hi) = pair;
+    let word = if comptime!(i < 4) { lo } else { hi };
+    (word >> comptime!(((i % 4) * 8) as u32)) & 0xFFu32
+}
+
 /// Values `j0..j0 + 8` of the row starting at byte `row_byte` (`j0` a multiple of 8), into
 /// `out[0..8]`. Values at or past `k` (only possible for F32/F16 rows) read as 0.
 /// With `with_min` false, Q4_1 values leave out the block minimum (`q·d` only): the matmul
@@ -72,10 +99,10 @@ pub fn decode8(
         let within = j0 % 32;
         let d = f16_bits_to_f32(u16_at(words, base));
         let shift = u32::cast_from(within / 16) * 4u32;
-        let first = base + 2 + within % 16;
+        let b = bytes8(words, base + 2 + within % 16);
         #[unroll]
         for i in 0..8usize {
-            let q = (byte_at(words, first + i) >> shift) & 0xFu32;
+            let q = (byte_of(b, i) >> shift) & 0xFu32;
             out[i] = f32::cast_from(i32::cast_from(q) - 8i32) * d;
         }
     }
@@ -89,10 +116,10 @@ pub fn decode8(
             m = f16_bits_to_f32(u16_at(words, base + 2));
         }
         let shift = u32::cast_from(within / 16) * 4u32;
-        let first = base + 4 + within % 16;
+        let b = bytes8(words, base + 4 + within % 16);
         #[unroll]
         for i in 0..8usize {
-            let q = (byte_at(words, first + i) >> shift) & 0xFu32;
+            let q = (byte_of(b, i) >> shift) & 0xFu32;
             out[i] = f32::cast_from(q) * d + m;
         }
     }
@@ -100,10 +127,12 @@ pub fn decode8(
         // 34 bytes: f16 d, 32 signed bytes.
         let base = row_byte + (j0 / 32) * 34;
         let d = f16_bits_to_f32(u16_at(words, base));
-        let first = base + 2 + j0 % 32;
+        let b = bytes8(words, base + 2 + j0 % 32);
         #[unroll]
         for i in 0..8usize {
-            out[i] = f32::cast_from(sbyte_at(words, first + i)) * d;
+            let raw = byte_of(b, i);
+            let q = i32::cast_from(raw) - i32::cast_from(raw >= 128u32) * 256;
+            out[i] = f32::cast_from(q) * d;
         }
     }
     if comptime!(ty == T_Q4_K) {
@@ -128,10 +157,10 @@ pub fn decode8(
         let d1 = d * f32::cast_from(sc);
         let m1 = dmin * f32::cast_from(mn);
         let shift = u32::cast_from(s % 2) * 4u32;
-        let first = base + 16 + (within / 64) * 32 + within % 32;
+        let b = bytes8(words, base + 16 + (within / 64) * 32 + within % 32);
         #[unroll]
         for i in 0..8usize {
-            let q = (byte_at(words, first + i) >> shift) & 0xFu32;
+            let q = (byte_of(b, i) >> shift) & 0xFu32;
             out[i] = d1 * f32::cast_from(q) - m1;
         }
     }
@@ -151,10 +180,12 @@ pub fn decode8(
         let ql_shift = u32::cast_from(qd / 2) * 4u32;
         let qh_first = base + 128 + half * 32 + l;
         let qh_shift = u32::cast_from(qd) * 2u32;
+        let ql = bytes8(words, ql_first);
+        let qh = bytes8(words, qh_first);
         #[unroll]
         for i in 0..8usize {
-            let lo = (byte_at(words, ql_first + i) >> ql_shift) & 0xFu32;
-            let hi = (byte_at(words, qh_first + i) >> qh_shift) & 3u32;
+            let lo = (byte_of(ql, i) >> ql_shift) & 0xFu32;
+            let hi = (byte_of(qh, i) >> qh_shift) & 3u32;
             let q = i32::cast_from(lo | (hi << 4u32)) - 32i32;
             out[i] = dd * f32::cast_from(q);
         }

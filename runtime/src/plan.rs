@@ -209,11 +209,10 @@ fn type_name<S: serde::Serializer>(t: &GgmlType, s: S) -> std::result::Result<S:
     s.serialize_str(t.name())
 }
 
-/// Tiled mat-mul: 64 × 64 outputs, K step 32, 256 invocations, 2 × 8 KiB tiles + 512 B.
-const TILE: (u32, u32, u32) = (64, 64, 32);
-const TILE_SHARED_BYTES: u64 = 2 * 64 * 32 * 4 + 2 * 64 * 4;
-const TILE_INVOCATIONS: u32 = 256;
-const MATVEC_UNITS: u32 = 64;
+/// The tiled mat-mul's smallest variant's shared memory, and its units per cube.
+const TILE_SHARED_BYTES: u64 = kiln_kernels::qmatmul::tiled_shared_bytes(4) as u64;
+const TILE_INVOCATIONS: u32 = kiln_kernels::qmatmul::TILED_CUBE_UNITS;
+const MATVEC_UNITS: u32 = kiln_kernels::qmatmul::MATVEC_CUBE_UNITS;
 
 /// The weight formats Kiln's kernels read on a device.
 fn runs_on(device: &DeviceFacts, ty: GgmlType) -> bool {
@@ -315,6 +314,41 @@ fn unfit(device: &DeviceFacts, model: &ModelFacts, format: GgmlType) -> Option<S
         }
     }
     None
+}
+
+/// The mat-vec kernel's split of rows among units, and its reduction.
+fn matvec_variant(device: &DeviceFacts) -> (Reduction, &'static str, Vec<(String, String)>) {
+    let plane = ("plane".to_string(), "needs subgroup operations".to_string());
+    if device.class == DeviceClass::SoftwareGpu {
+        // llvmpipe runs a workgroup's units as SIMD lanes of one CPU thread; each barrier is
+        // a coroutine switch. Measured (benches/cube_qmatmul): one row per unit is fastest.
+        (
+            Reduction::PerUnit,
+            "a software GPU runs units as SIMD lanes of a CPU thread: one row per unit, no barriers",
+            vec![
+                plane,
+                (
+                    "shared(8)".into(),
+                    "barriers cost a coroutine switch per SIMD group on a software GPU".into(),
+                ),
+            ],
+        )
+    } else if device.subgroups {
+        (
+            Reduction::Plane,
+            "the device has subgroup operations: one row per 64 units, plane sums, one shared-memory step",
+            vec![(
+                "shared(8)".into(),
+                "a shared-memory tree with a barrier per step".into(),
+            )],
+        )
+    } else {
+        (
+            Reduction::Shared(8),
+            "no subgroup operations: 8 units per row (coalesced 32-byte reads), a 3-step shared-memory tree",
+            vec![plane],
+        )
+    }
 }
 
 /// Preference among devices that can run the model (lower is better), with the reason.
@@ -454,41 +488,40 @@ pub fn plan(devices: &[DeviceFacts], model: &ModelFacts, ov: &Overrides) -> Resu
         });
         Kernels::Cpu { isa }
     } else {
-        let (reduction, why, rejected) = if device.subgroups {
-            (
-                Reduction::Plane,
-                "the device has subgroup operations: plane sums, one shared-memory step",
-                (
-                    "shared",
-                    "a log2(64)-step shared-memory tree with a barrier per step",
-                ),
-            )
-        } else {
-            (
-                Reduction::Shared,
-                "the device has no subgroup operations: shared-memory tree",
-                ("plane", "needs subgroup operations"),
-            )
-        };
+        let (reduction, why, rejected) = matvec_variant(device);
         choices.push(Choice {
             what: "mat-vec reduction",
             chosen: format!("{reduction:?}").to_lowercase(),
             why: why.into(),
-            rejected: vec![(rejected.0.into(), rejected.1.into())],
+            rejected,
         });
+        let shared = device.shared_memory_bytes.unwrap_or(0) as usize;
+        let (side, pm) = kiln_kernels::qmatmul::tiled_variant(shared);
+        let tile = ((side * pm) as u32, 64u32, 32u32);
+        let big = kiln_kernels::qmatmul::tiled_shared_bytes(16);
         choices.push(Choice {
             what: "tiles",
             chosen: format!(
-                "mat-vec {MATVEC_UNITS} units per row; mat-mul {}×{}×{} in {TILE_INVOCATIONS} units",
-                TILE.0, TILE.1, TILE.2
+                "mat-vec cubes of {MATVEC_UNITS} units; mat-mul {}×{}×{} in {TILE_INVOCATIONS} units",
+                tile.0, tile.1, tile.2
             ),
             why: format!(
-                "fits {TILE_SHARED_BYTES} B of shared memory; 4 × 4 outputs per unit; K step of one 32-value block"
+                "{} B of shared memory ({shared} available); {pm} × 8 outputs per unit; K step of one 32-value block",
+                kiln_kernels::qmatmul::tiled_shared_bytes(pm)
             ),
-            rejected: vec![(
-                "vector loads".into(),
-                "the kernels read packed blocks as u32 words, one value group per unit (vector width 1)".into(),
-            )],
+            rejected: {
+                let mut r = vec![(
+                    "vector loads".into(),
+                    "the kernels read packed blocks as u32 words, one value group per unit (vector width 1)".into(),
+                )];
+                if pm < 16 {
+                    r.push((
+                        "128-row tiles".into(),
+                        format!("need {big} B of shared memory"),
+                    ));
+                }
+                r
+            },
         });
         let long = model.context > 2048;
         let softmax = Softmax::Rounded;
@@ -509,7 +542,7 @@ pub fn plan(devices: &[DeviceFacts], model: &ModelFacts, ov: &Overrides) -> Resu
             matvec_reduction: reduction,
             matvec_units: MATVEC_UNITS,
             vector_width: 1,
-            tile: TILE,
+            tile,
             softmax,
         })
     };
@@ -728,7 +761,9 @@ mod tests {
             &Overrides::default(),
         )
         .unwrap();
-        assert!(matches!(&p.kernels, Kernels::Gpu(k) if k.matvec_reduction == Reduction::Shared));
+        assert!(
+            matches!(&p.kernels, Kernels::Gpu(k) if k.matvec_reduction == Reduction::Shared(8))
+        );
         assert_eq!(choice(&p, "mat-vec reduction").rejected[0].0, "plane");
     }
 

@@ -167,13 +167,17 @@ fn qmatmul_matvec_every_type_against_dequantized_reference() {
     let Some((_, gpu)) = wgpu_device() else {
         return;
     };
+    let planes = kiln_kernels::device_has_planes(&gpu);
     for ty in TYPES {
         let k = awkward_k(ty);
-        // m = 1 (decode) and m = 3 (label scoring); n below and above the cube width.
+        // m = 1 (decode) and m = 3 (label scoring); n below and above a cube's rows.
         for (m, n) in [(1, 1), (1, 67), (3, 130)] {
-            check_qmatmul(&gpu, ty, m, n, k, Reduction::Shared);
+            check_qmatmul(&gpu, ty, m, n, k, Reduction::Auto);
         }
-        check_qmatmul(&gpu, ty, 1, 70, k, Reduction::Auto);
+        // Every rows-per-cube split the device can run.
+        for red in Reduction::variants(planes) {
+            check_qmatmul(&gpu, ty, 2, 70, k, red);
+        }
     }
 }
 
@@ -206,8 +210,13 @@ fn qmatmul_plane_reduction_where_the_device_has_planes() {
         // silent fallback.
         eprintln!("{}: no plane operations; plane variant refused", info.name);
         let x = t2(&data(64, 1), [1, 64], &gpu);
-        let err = qmatmul::qmatmul_with(x, &q, Reduction::Plane).unwrap_err();
+        let err = qmatmul::qmatmul_with(x.clone(), &q, Reduction::Plane).unwrap_err();
         assert!(matches!(err, KernelError::Unsupported(_)), "{err}");
+    }
+    for bad in [0, 1, 3, 128] {
+        let x = t2(&data(64, 1), [1, 64], &gpu);
+        let err = qmatmul::qmatmul_with(x, &q, Reduction::Shared(bad)).unwrap_err();
+        assert!(matches!(err, KernelError::Unsupported(_)), "{bad}: {err}");
     }
 }
 

@@ -1,14 +1,15 @@
 //! CubeCL quantized matrix products: the weight blocks are decoded inside the kernels (no f32
 //! copy of a weight is ever written).
 //!
-//! * [`qmatvec_kernel`], decode (`m ≤ MATVEC_MAX_M`): one cube per output row; its units stride
-//!   over the row eight values at a time, decode them once and multiply them into every
-//!   activation row; the cube then reduces with plane (subgroup) sums where the device has
-//!   them, else with a shared-memory tree.
-//! * [`qmatmul_tiled_kernel`], prompts and batches: a 64 × 64 output tile per cube of 16 × 16
-//!   units, 4 × 4 outputs per unit; K steps of 32: the cube decodes a 64 × 32 weight tile and
-//!   loads a 64 × 32 activation tile into shared memory, then each unit accumulates its 4 × 4
-//!   outputs from registers.
+//! * [`qmatvec_kernel`], decode (`m ≤ MATVEC_MAX_M`): cubes of 64 units, `upr` units per output
+//!   row ([`Reduction`]); a row's units stride over it eight values at a time, decode them
+//!   once and multiply them into every activation row, then reduce with plane (subgroup) sums
+//!   where the device has them, else with a shared-memory tree (or not at all: one unit per
+//!   row).
+//! * [`qmatmul_tiled_kernel`], prompts and batches: a (8 pm) × 64 output tile per cube of 8 × 8
+//!   units, pm × 8 outputs per unit ([`tiled_variant`]); K steps of 32: the cube decodes a
+//!   64 × 32 weight tile and loads an activation tile into shared memory, then each unit
+//!   accumulates its outputs in registers.
 
 // Kernel code is CubeCL's language: `%` instead of `is_multiple_of`, and a comptime `if` kept
 // apart from the runtime one inside it.
@@ -22,15 +23,20 @@ use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim};
 use kiln_quant::GgmlType;
 
-use super::{MATVEC_MAX_M, QMatmulOps, Reduction};
+use super::{MATVEC_MAX_M, QMatmulOps, Reduction, tiled_variant};
 use crate::cube_blocks::{T_Q4_1, code, decode8, q4_1_min, row_bytes};
 use crate::cube_util::round_to_f16;
 
 /// Units per cube of the mat-vec kernel (a power of two: the shared-memory tree needs it).
-const MATVEC_UNITS: u32 = 64;
+use super::MATVEC_CUBE_UNITS as MATVEC_UNITS;
 /// Output tile of the tiled kernel (rows of x and rows of W), and its K step.
 const TILE: usize = 64;
 
+/// A cube of `units` units serves `units / upr` output rows, `upr` units per row. A row's
+/// units stride over it eight values at a time, decode them once and multiply them into every
+/// activation row; then the row's partial sums are reduced: nothing to do with `upr = 1`, plane
+/// sums (`use_plane`, one row per cube: `upr = units`), else a shared-memory tree of
+/// `log2(upr)` steps.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn qmatvec_kernel(
@@ -44,12 +50,14 @@ fn qmatvec_kernel(
     #[comptime] m: usize,
     #[comptime] ty: u32,
     #[comptime] units: usize,
+    #[comptime] upr: usize,
     #[comptime] use_plane: bool,
 ) {
-    let row = CUBE_POS;
-    if row >= n {
-        terminate!();
-    }
+    let u = UNIT_POS as usize;
+    let row = CUBE_POS * (units / upr) + u / upr;
+    let lane = u % upr;
+    // No early return: every unit must reach the barriers of the reduction.
+    let live = row < n;
     let rb = row * row_bytes;
     let groups = k.div_ceil(8);
     let mut acc = Array::<f32>::new(comptime!(m));
@@ -58,7 +66,10 @@ fn qmatvec_kernel(
         acc[r] = 0.0f32;
     }
     let mut vals = Array::<f32>::new(8usize);
-    let mut g = UNIT_POS as usize;
+    let mut g = lane;
+    if !live {
+        g = groups;
+    }
     while g < groups {
         let j0 = g * 8;
         decode8(words, rb, j0, k, &mut vals, ty, false);
@@ -84,11 +95,18 @@ fn qmatvec_kernel(
             }
             acc[r] += s;
         }
-        g += units;
+        g += upr;
     }
 
-    let mut smem = Shared::<[f32]>::new_slice(comptime!(units * m));
-    if comptime!(use_plane) {
+    if comptime!(upr == 1) {
+        if live {
+            #[unroll]
+            for r in 0..m {
+                out[r * n + row] = acc[r];
+            }
+        }
+    } else if comptime!(use_plane) {
+        let mut smem = Shared::<[f32]>::new_slice(comptime!(units * m));
         let planes = (CUBE_DIM / PLANE_DIM) as usize;
         #[unroll]
         for r in 0..m {
@@ -98,7 +116,7 @@ fn qmatvec_kernel(
             }
         }
         sync_cube();
-        if UNIT_POS == 0 {
+        if u == 0 && live {
             #[unroll]
             for r in 0..m {
                 let mut total = 0.0f32;
@@ -109,15 +127,16 @@ fn qmatvec_kernel(
             }
         }
     } else {
-        let u = UNIT_POS as usize;
+        let mut smem = Shared::<[f32]>::new_slice(comptime!(units * m));
         #[unroll]
         for r in 0..m {
             smem[r * units + u] = acc[r];
         }
         sync_cube();
-        let mut stride = (CUBE_DIM / 2) as usize;
+        // A runtime value: a comptime one would unroll the loop at expansion.
+        let mut stride = (CUBE_DIM as usize / units) * (upr / 2);
         while stride > 0 {
-            if u < stride {
+            if lane < stride {
                 #[unroll]
                 for r in 0..m {
                     let at = r * units + u;
@@ -127,13 +146,22 @@ fn qmatvec_kernel(
             sync_cube();
             stride /= 2;
         }
-        if u < m {
-            out[u * n + row] = smem[u * units];
+        if lane == 0 && live {
+            #[unroll]
+            for r in 0..m {
+                out[r * n + row] = smem[r * units + u];
+            }
         }
     }
 }
 
+/// A `side · pm` × 64 output tile per cube of `side × side` units, each owning `pm` activation
+/// rows and `64 / side` weight rows of it (strided by `side`). K steps of 32 (one block of the 32-value types): the
+/// cube decodes a 64 × 32 weight tile and loads a 64 × 32 activation tile into shared memory,
+/// stored K-major so that units of a row read consecutive addresses, then accumulates in
+/// registers.
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 fn qmatmul_tiled_kernel(
     words: &[u32],
     x: &[f32],
@@ -144,97 +172,119 @@ fn qmatmul_tiled_kernel(
     k: usize,
     row_bytes: usize,
     #[comptime] ty: u32,
+    #[comptime] side: usize,
+    #[comptime] pm: usize,
 ) {
+    let per = comptime!(64 / side);
+    let tm = comptime!(side * pm);
+    let units = comptime!(side * side);
+    // 8-value groups each unit loads per step, per matrix: 64 rows × 4 groups / units.
+    let loads = comptime!(256 / (side * side));
     let tile_n = CUBE_POS_X as usize * 64;
-    let tile_m = CUBE_POS_Y as usize * 64;
+    let tile_m = CUBE_POS_Y as usize * tm;
     let u = UNIT_POS as usize;
-    let mut xs = Shared::<[f32]>::new_slice(2048usize);
+    let mut xs = Shared::<[f32]>::new_slice(comptime!(tm * 32));
     let mut ws = Shared::<[f32]>::new_slice(2048usize);
     // Q4_1: the tile's block minima (W rows) and activation block sums (x rows).
     let mut wmin = Shared::<[f32]>::new_slice(64usize);
-    let mut xsums = Shared::<[f32]>::new_slice(64usize);
+    let mut xsums = Shared::<[f32]>::new_slice(comptime!(tm));
     let mut vals = Array::<f32>::new(8usize);
-    let mut acc = Array::<f32>::new(16usize);
+    let mut acc = Array::<f32>::new(comptime!(pm * per));
     #[unroll]
-    for i in 0..16usize {
+    for i in 0..pm * per {
         acc[i] = 0.0f32;
     }
-    // Loading: unit u fills 8 values of tile row u / 4, columns 8 (u % 4) ..
-    let load_row = u / 4;
-    let load_col = (u % 4) * 8;
-    // Computing: unit (tr, tc) owns rows ty + 16 a and columns tx + 16 b of the tile.
-    let tr = u / 16;
-    let tc = u % 16;
+    let tr = u / side;
+    let tc = u % side;
     let mut kt = 0usize;
     while kt < k {
-        let wr = tile_n + load_row;
-        if wr < n {
-            decode8(
-                words,
-                wr * row_bytes,
-                kt + load_col,
-                k,
-                &mut vals,
-                ty,
-                false,
-            );
-        } else {
+        #[unroll]
+        for l in 0..loads {
+            let gi = u + l * units;
+            let load_row = gi / 4;
+            let load_col = (gi % 4) * 8;
+            let wr = tile_n + load_row;
+            if wr < n {
+                decode8(
+                    words,
+                    wr * row_bytes,
+                    kt + load_col,
+                    k,
+                    &mut vals,
+                    ty,
+                    false,
+                );
+            } else {
+                #[unroll]
+                for i in 0..8usize {
+                    vals[i] = 0.0f32;
+                }
+            }
             #[unroll]
             for i in 0..8usize {
-                vals[i] = 0.0f32;
+                ws[(load_col + i) * 64 + load_row] = vals[i];
+            }
+            if comptime!(ty == T_Q4_1) {
+                if load_col == 0 {
+                    let mut bm = 0.0f32;
+                    if wr < n {
+                        bm = q4_1_min(words, wr * row_bytes, kt);
+                    }
+                    wmin[load_row] = bm;
+                }
             }
         }
         #[unroll]
-        for i in 0..8usize {
-            ws[load_row * 32 + load_col + i] = vals[i];
-        }
-        let xr = tile_m + load_row;
-        if comptime!(ty == T_Q4_1) {
-            if load_col == 0 {
-                let mut bm = 0.0f32;
-                if wr < n {
-                    bm = q4_1_min(words, wr * row_bytes, kt);
+        for l in 0..comptime!(tm * 4 / units) {
+            let gi = u + l * units;
+            let load_row = gi / 4;
+            let load_col = (gi % 4) * 8;
+            let xr = tile_m + load_row;
+            #[unroll]
+            for i in 0..8usize {
+                let col = kt + load_col + i;
+                let mut v = 0.0f32;
+                if xr < m && col < k {
+                    v = x[xr * k + col];
                 }
-                wmin[load_row] = bm;
-                let mut bs = 0.0f32;
-                if xr < m {
-                    bs = xsum[xr * (k / 32) + kt / 32];
+                xs[(load_col + i) * tm + load_row] = v;
+            }
+            if comptime!(ty == T_Q4_1) {
+                if load_col == 0 {
+                    let mut bs = 0.0f32;
+                    if xr < m {
+                        bs = xsum[xr * (k / 32) + kt / 32];
+                    }
+                    xsums[load_row] = bs;
                 }
-                xsums[load_row] = bs;
             }
-        }
-        #[unroll]
-        for i in 0..8usize {
-            let col = kt + load_col + i;
-            let mut v = 0.0f32;
-            if xr < m && col < k {
-                v = x[xr * k + col];
-            }
-            xs[load_row * 32 + load_col + i] = v;
         }
         sync_cube();
         for kk in 0..32usize {
-            let mut a = Array::<f32>::new(4usize);
-            let mut b = Array::<f32>::new(4usize);
+            let mut a = Array::<f32>::new(comptime!(pm));
+            let mut b = Array::<f32>::new(comptime!(per));
             #[unroll]
-            for i in 0..4usize {
-                a[i] = xs[(tr + 16 * i) * 32 + kk];
-                b[i] = ws[(tc + 16 * i) * 32 + kk];
+            for i in 0..pm {
+                a[i] = xs[kk * tm + tr + side * i];
             }
             #[unroll]
-            for i in 0..4usize {
+            for i in 0..per {
+                b[i] = ws[kk * 64 + tc + side * i];
+            }
+            #[unroll]
+            for i in 0..pm {
                 #[unroll]
-                for j in 0..4usize {
-                    acc[i * 4 + j] += a[i] * b[j];
+                for j in 0..per {
+                    acc[i * per + j] += a[i] * b[j];
                 }
             }
         }
         if comptime!(ty == T_Q4_1) {
             #[unroll]
-            for i in 0..4usize {
+            for i in 0..pm {
                 #[unroll]
-                for j in 0..4usize {
-                    acc[i * 4 + j] += xsums[tr + 16 * i] * wmin[tc + 16 * j];
+                for j in 0..per {
+                    acc[i * per + j] += xsums[tr + side * i] * wmin[tc + side * j];
                 }
             }
         }
@@ -242,13 +292,13 @@ fn qmatmul_tiled_kernel(
         kt += 32;
     }
     #[unroll]
-    for i in 0..4usize {
-        let r = tile_m + tr + 16 * i;
+    for i in 0..pm {
+        let r = tile_m + tr + side * i;
         #[unroll]
-        for j in 0..4usize {
-            let c = tile_n + tc + 16 * j;
+        for j in 0..per {
+            let c = tile_n + tc + side * j;
             if r < m && c < n {
-                out[r * n + c] = acc[i * 4 + j];
+                out[r * n + c] = acc[i * per + j];
             }
         }
     }
@@ -410,18 +460,24 @@ pub(crate) fn launch_qmatmul(
     );
     let rb = row_bytes(ty, k);
     if m <= MATVEC_MAX_M {
-        let use_plane = match reduction {
-            Reduction::Plane => true,
-            Reduction::Shared => false,
-            Reduction::Auto => plane_reduction_available(&x),
+        let reduction = match reduction {
+            Reduction::Auto => Reduction::default_for(plane_reduction_available(&x)),
+            r => r,
         };
-        // SAFETY: one cube per output row (rows ≥ n return at once); a unit reads whole
-        // 8-value groups of its row (inside `words`, which holds n whole rows) and x values
-        // below `m k`; only unit 0 (plane path) or units < m (tree path) write, at `r n + row`.
+        let (upr, use_plane) = match reduction {
+            Reduction::Plane => (MATVEC_UNITS as usize, true),
+            Reduction::Shared(upr) => (upr as usize, false),
+            Reduction::PerUnit | Reduction::Auto => (1, false),
+        };
+        let rows_per_cube = MATVEC_UNITS as usize / upr;
+        // SAFETY: cube c serves rows c·rows_per_cube ..; units of rows ≥ n read nothing and
+        // write nothing (they only take part in barriers); a unit reads whole 8-value groups of
+        // its row (inside `words`, which holds n whole rows) and x values below `m k`; one unit
+        // per row writes, at `r n + row`.
         unsafe {
             qmatvec_kernel::launch_unchecked(
                 &client,
-                count_1d(n),
+                count_1d(n.div_ceil(rows_per_cube)),
                 CubeDim::new_1d(MATVEC_UNITS),
                 words.into_buffer_arg(),
                 x.into_buffer_arg(),
@@ -433,11 +489,14 @@ pub(crate) fn launch_qmatmul(
                 m,
                 ty_code,
                 MATVEC_UNITS as usize,
+                upr,
                 use_plane,
             );
         }
     } else {
-        let count = CubeCount::new_2d(n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32);
+        let shared = client.properties().hardware.max_shared_memory_size;
+        let (side, pm) = tiled_variant(shared);
+        let count = CubeCount::new_2d(n.div_ceil(TILE) as u32, m.div_ceil(side * pm) as u32);
         // SAFETY: weight rows ≥ n and activation rows ≥ m are not read (zeros instead);
         // columns ≥ k decode as zeros (F32/F16) or do not occur (block types: k is a multiple
         // of the block size, which is a multiple of 32); stores are bounded by m and n.
@@ -445,7 +504,7 @@ pub(crate) fn launch_qmatmul(
             qmatmul_tiled_kernel::launch_unchecked(
                 &client,
                 count,
-                CubeDim::new_1d(256),
+                CubeDim::new_1d((side * side) as u32),
                 words.into_buffer_arg(),
                 x.into_buffer_arg(),
                 xsum.into_buffer_arg(),
@@ -455,6 +514,8 @@ pub(crate) fn launch_qmatmul(
                 k,
                 rb,
                 ty_code,
+                side,
+                pm,
             );
         }
     }

@@ -20,17 +20,64 @@ use crate::{BackendKind, KernelError, QTensor, Result};
 /// above, the tiled kernel.
 pub const MATVEC_MAX_M: usize = 4;
 
-/// How the Cube mat-vec kernel reduces a row's partial sums across a cube.
+/// How the Cube mat-vec kernel (cubes of 64 units) splits output rows among units and reduces
+/// a row's partial sums.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Reduction {
-    /// Plane (subgroup) sums where the device has them, else shared memory.
+    /// [`Reduction::default_for`] the device.
     #[default]
     Auto,
-    /// `plane_sum` within each plane, then one value per plane through shared memory.
+    /// One row per cube: `plane_sum` within each plane, then one value per plane through
+    /// shared memory. Needs plane (subgroup) operations.
     Plane,
-    /// A shared-memory tree (every device).
-    Shared,
+    /// `units_per_row` (2, 4, …, 64) units per row, a shared-memory tree of log2 steps.
+    Shared(u32),
+    /// One unit per row, no reduction and no barrier.
+    PerUnit,
 }
+
+impl Reduction {
+    /// Plane sums where the device has them, else 8 units per row with a shared-memory tree.
+    pub fn default_for(planes: bool) -> Self {
+        if planes {
+            Reduction::Plane
+        } else {
+            Reduction::Shared(8)
+        }
+    }
+
+    /// Every variant worth measuring on a device.
+    pub fn variants(planes: bool) -> Vec<Self> {
+        let mut v = vec![Reduction::PerUnit];
+        v.extend([2, 4, 8, 16, 32, 64].map(Reduction::Shared));
+        if planes {
+            v.push(Reduction::Plane);
+        }
+        v
+    }
+}
+
+/// Shared memory the tiled kernel takes with `pm` activation rows per unit (8 × 8 units):
+/// the activation tile (8 pm × 32), the weight tile (64 × 32), Q4_1's minima and sums.
+pub const fn tiled_shared_bytes(pm: usize) -> usize {
+    (8 * pm * 32 + 64 * 32 + 64 + 8 * pm) * 4
+}
+
+/// The tiled kernel's shape for a device with `shared` bytes of shared memory per cube:
+/// `(side, pm)` = 8 × 8 units, each 8 weight rows × `pm` activation rows. 128 activation rows
+/// per tile amortize the weight decoding best (measured: 23 ms vs 31 ms with 64 rows at
+/// SmolLM2's FFN shape on llvmpipe); 32 rows fit WebGPU's 16 KiB minimum.
+pub fn tiled_variant(shared: usize) -> (usize, usize) {
+    if shared >= tiled_shared_bytes(16) {
+        (8, 16)
+    } else {
+        (8, 4)
+    }
+}
+
+/// Units per cube of the Cube mat-vec and tiled kernels.
+pub const MATVEC_CUBE_UNITS: u32 = 64;
+pub const TILED_CUBE_UNITS: u32 = 64;
 
 #[backend_extension(Cube: cfg(any(feature = "wgpu", feature = "cuda")), Flex)]
 pub trait QMatmulOps: Backend {
@@ -104,6 +151,13 @@ pub fn qmatmul_with(x: Tensor<2>, w: &QTensor, reduction: Reduction) -> Result<T
                 return Err(KernelError::Unsupported(
                     "qmatmul: plane reduction on a device without plane operations".into(),
                 ));
+            }
+            if let Reduction::Shared(upr) = reduction
+                && !(2..=64).contains(&upr) | !upr.is_power_of_two()
+            {
+                return Err(KernelError::Unsupported(format!(
+                    "qmatmul: {upr} units per row (a power of two from 2 to 64)"
+                )));
             }
         }
     }
