@@ -48,12 +48,30 @@ impl ModelArgs {
             )));
         }
         let plan = kiln_runtime::plan::plan_for_file(&self.model, &self.device, None)?;
-        let device = kiln_runtime::plan::open_device(&plan)?;
+        let kiln_runtime::plan::Kernels::Gpu(kernels) = &plan.kernels else {
+            return Llm::load(&self.model, &burn::tensor::Device::flex());
+        };
+        let devices = kiln_runtime::probe_devices();
+        let info = devices.find(&plan.device.to_string())?;
+        let device = info.burn_device()?;
         let mut llm = Llm::load(&self.model, &device)?;
-        if let kiln_runtime::plan::Kernels::Gpu(k) = &plan.kernels {
-            llm.model.softmax = k.softmax;
-            llm.model.reduction = k.matvec_reduction;
-        }
+        llm.model.softmax = kernels.softmax;
+        // The plan's mat-vec variant is the policy's guess; a measurement on this device
+        // (once, then from the cache) decides.
+        let tuned =
+            kiln_runtime::tune::tune_matvec(info, &device, &kiln_runtime::tune::cache_dir())?;
+        eprintln!(
+            "kiln: {} ({}): mat-vec variant {:?} ({})",
+            plan.device,
+            info.name,
+            tuned.reduction,
+            if tuned.from_cache {
+                format!("tuned earlier: {}", tuned.path.display())
+            } else {
+                "tuned now".to_string()
+            }
+        );
+        llm.model.reduction = tuned.reduction;
         Ok(llm)
     }
 }

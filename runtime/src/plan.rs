@@ -589,16 +589,6 @@ pub fn plan_for_file(model: &Path, device: &str, format: Option<&str>) -> Result
     )
 }
 
-/// Opens the Burn device a plan chose (probing again: device handles are not plain data).
-pub fn open_device(plan: &Plan) -> Result<burn::tensor::Device> {
-    if plan.device == DeviceId::Cpu {
-        return Ok(burn::tensor::Device::flex());
-    }
-    crate::probe_devices()
-        .find(&plan.device.to_string())?
-        .burn_device()
-}
-
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "plan for {}", self.model)?;

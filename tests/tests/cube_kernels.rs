@@ -389,3 +389,79 @@ fn attention_matches_the_cpu_causal_gqa_shared_prefix_and_long() {
         }
     }
 }
+
+/// The BERT encoder's ops on wgpu against the CPU: dense (mat-vec and tiled, bias, GELU) on a
+/// width that is not a multiple of the tiles, masked self-attention over rows of different
+/// lengths (one of a single token, one of the full 37), and residual + LayerNorm.
+#[test]
+fn encoder_ops_match_the_cpu() {
+    use kiln_kernels::cpu::gemm::Act;
+    use kiln_kernels::encoder::{self, PackedLinear};
+    let Some((_, gpu)) = wgpu_device() else {
+        return;
+    };
+    let cpu = Device::flex();
+    let (k, n) = (83, 130);
+    let w = data(k * n, 21);
+    let bias = data(n, 22);
+    for m in [1, 3, 70] {
+        let x = data(m * k, 23 + m as u64);
+        for act in [Act::None, Act::Gelu] {
+            let run = |dev: &Device| {
+                let layer = PackedLinear::new(&w, bias.clone(), k, n, dev).unwrap();
+                vec2(encoder::dense(t2(&x, [m, k], dev), &layer, act))
+            };
+            assert_close(
+                &run(&gpu),
+                &run(&cpu),
+                1e-5,
+                1e-5,
+                &format!("dense m={m} {act:?}"),
+            );
+        }
+    }
+
+    let (seq, heads, hd) = (37, 3, 32);
+    let lengths = [37usize, 1, 20];
+    let rows = lengths.len() * seq;
+    let qkv = data(rows * 3 * heads * hd, 31);
+    let run = |dev: &Device| {
+        let out = encoder::self_attention(
+            t2(&qkv, [rows, 3 * heads * hd], dev),
+            &lengths,
+            seq,
+            heads,
+            hd,
+        );
+        vec2(out)
+    };
+    let (got, want) = (run(&gpu), run(&cpu));
+    // Padded query rows hold junk on both paths: compare real tokens only.
+    for (b, &len) in lengths.iter().enumerate() {
+        let at = |v: &[f32]| v[b * seq * heads * hd..(b * seq + len) * heads * hd].to_vec();
+        assert_close(
+            &at(&got),
+            &at(&want),
+            1e-5,
+            1e-5,
+            &format!("self-attention row {b}"),
+        );
+    }
+
+    let d = 384;
+    let x = data(5 * d, 41);
+    let r = data(5 * d, 42);
+    let g = data(d, 43);
+    let bt = data(d, 44);
+    let run = |dev: &Device| {
+        let t1 = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [d]), dev);
+        vec2(encoder::add_layer_norm(
+            t2(&x, [5, d], dev),
+            t2(&r, [5, d], dev),
+            &t1(&g),
+            &t1(&bt),
+            1e-12,
+        ))
+    };
+    assert_close(&run(&gpu), &run(&cpu), 1e-5, 1e-5, "add_layer_norm");
+}

@@ -1,9 +1,11 @@
 //! The BERT encoder's ops on the CPU: dense layers on packed f32 weights (bias and GELU fused),
 //! masked multi-head self-attention straight from the fused QKV rows, and residual + LayerNorm.
 //!
-//! Flex only for now ([`crate::cpu::gemm`], [`crate::cpu::encoder`]); other backends run the
-//! encoder with Burn's own tensor ops (`kiln_models::bert`).
+//! CPU (Flex): [`crate::cpu::gemm`], [`crate::cpu::encoder`]. Cube (wgpu, CUDA): `cube.rs`,
+//! tested against the CPU.
 
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube;
 mod flex;
 
 use burn::backend::tensor::FloatTensor;
@@ -13,9 +15,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::cpu::gemm::{self, Act};
 use crate::{BackendKind, KernelError, Result};
 
-#[backend_extension(Flex)]
+#[backend_extension(Cube: cfg(any(feature = "wgpu", feature = "cuda")), Flex)]
 pub trait EncoderOps: Backend {
-    /// `x[m, k] · W + bias` (then GELU), `W` `[k, n]` packed by [`gemm::pack_b`].
+    /// `x[m, k] · W + bias` (then GELU), `W` `[k, n]` as [`PackedLinear::new`] lays it out for
+    /// the backend (Flex: [`gemm::pack_b`]; Cube: `[n, k]` row-major).
     fn dense(
         x: FloatTensor<Self>,
         packed: FloatTensor<Self>,
@@ -44,9 +47,9 @@ pub trait EncoderOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// Whether these ops run on `device`.
+/// Whether these ops run on `device` (the CPU and CubeCL devices).
 pub fn supports(device: &Device) -> bool {
-    matches!(BackendKind::of(device), Ok(BackendKind::Flex))
+    BackendKind::of(device).is_ok()
 }
 
 /// A dense layer with its weight packed for [`dense`].
@@ -61,11 +64,7 @@ pub struct PackedLinear {
 impl PackedLinear {
     /// `w` is `[k, n]` row-major (inputs × outputs), `bias` `[n]`.
     pub fn new(w: &[f32], bias: Vec<f32>, k: usize, n: usize, device: &Device) -> Result<Self> {
-        if !supports(device) {
-            return Err(KernelError::UnsupportedDevice(format!(
-                "packed dense layers run on the CPU (Flex), not {device:?}"
-            )));
-        }
+        let backend = BackendKind::of(device)?;
         if w.len() != k * n || bias.len() != n {
             return Err(KernelError::Shape(format!(
                 "dense: weight of {} floats and bias of {} for [{k}, {n}]",
@@ -73,7 +72,19 @@ impl PackedLinear {
                 bias.len()
             )));
         }
-        let packed = gemm::pack_b(w, k, n);
+        let packed = match backend {
+            BackendKind::Flex => gemm::pack_b(w, k, n),
+            // A row per output, as the Cube matmul kernels read weights.
+            BackendKind::Cube => {
+                let mut t = vec![0.0f32; k * n];
+                for (i, row) in w.chunks_exact(n).enumerate() {
+                    for (j, &v) in row.iter().enumerate() {
+                        t[j * k + i] = v;
+                    }
+                }
+                t
+            }
+        };
         let len = packed.len();
         Ok(Self {
             packed: Tensor::from_data(TensorData::new(packed, [len]), device),

@@ -159,7 +159,7 @@ fn score_at(
 /// Adds `Σ_j ps[j] · v[slot tile·32 + j]` to this unit's dimensions of `acc`, after scaling
 /// them by `alpha`.
 #[cube]
-fn accumulate_v(
+pub(crate) fn accumulate_v(
     acc: &mut Shared<[f32]>,
     ps: &Shared<[f32]>,
     vc: &[f32],

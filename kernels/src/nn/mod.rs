@@ -8,7 +8,7 @@
 //! gets [`KernelError::NoKernel`].
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-mod cube;
+pub(crate) mod cube;
 mod flex;
 
 use burn::backend::tensor::FloatTensor;

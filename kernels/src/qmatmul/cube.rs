@@ -416,7 +416,7 @@ fn round_activations(x: &CubeTensor, ty: GgmlType) -> Option<(CubeTensor, CubeTe
 }
 
 /// A cube count of `cubes` cubes that stays within every runtime's per-dimension limit.
-fn count_1d(cubes: usize) -> CubeCount {
+pub(crate) fn count_1d(cubes: usize) -> CubeCount {
     const MAX: usize = 32_768;
     let x = cubes.clamp(1, MAX);
     CubeCount::new_2d(x as u32, cubes.div_ceil(x) as u32)

@@ -6,7 +6,7 @@
 //! activations; a mat-vec kernel for `m ≤ MATVEC_MAX_M` and a tiled one above.
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-mod cube;
+pub(crate) mod cube;
 mod flex;
 
 use burn::backend::tensor::{FloatTensor, IntTensor};

@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Turns the output of `cargo bench -p kiln-benches --bench cube_qmatmul` into the Markdown table
+of docs/bench/cube-kernels.md: median time of Kiln's fused kernel and of Burn's path
+(dequantize, then matmul) per shape, and their ratio.
+
+    cargo bench -p kiln-benches --bench cube_qmatmul 2>&1 | tee /tmp/cube.log
+    python3 scripts/bench/cube-qmatmul-table.py /tmp/cube.log
+"""
+import re
+import sys
+
+UNITS = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def main(path):
+    text = open(path, encoding="utf-8").read()
+    pat = re.compile(
+        r"^(cube_qmatmul/\S+)\s*\n?\s*time:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", re.M
+    )
+    med = {}
+    for name, value, unit in pat.findall(text):
+        med[name] = float(value) * UNITS[unit]
+    rows = {}
+    for name, ms in med.items():
+        _, model, layer, ty, func, m = name.split("/")
+        rows.setdefault((model, layer, ty, m), {})[func] = ms
+    print("| model | layer (n × k) | type | m | Kiln fused (ms) | Burn dequantize + matmul (ms) | fused speed-up | best mat-vec variant |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    shapes = {("smollm2-135m", "ffn_up"): "1536 × 576", ("smollm2-135m", "ffn_down"): "576 × 1536",
+              ("llama-3.2-1b", "ffn_up"): "8192 × 2048", ("llama-3.2-1b", "ffn_down"): "2048 × 8192"}
+    for (model, layer, ty, m), f in rows.items():
+        if "kiln_fused" not in f or "burn_dequant_matmul" not in f:
+            continue
+        variants = {k[len("kiln_fused_"):]: v for k, v in f.items() if k.startswith("kiln_fused_")}
+        best = min(variants.items(), key=lambda kv: kv[1]) if variants else None
+        best_s = f"{best[0]} {best[1]:.3f} ms" if best else ""
+        print(f"| {model} | {layer} ({shapes.get((model, layer), '')}) | {ty} | {m} | {f['kiln_fused']:.3f} | "
+              f"{f['burn_dequant_matmul']:.3f} | {f['burn_dequant_matmul'] / f['kiln_fused']:.2f}× | {best_s} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
