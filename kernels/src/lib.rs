@@ -11,6 +11,7 @@ mod cube_blocks;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube_util;
 pub mod dequant;
+pub mod dream;
 pub mod encoder;
 mod error;
 pub mod nn;
