@@ -57,10 +57,9 @@ impl BackendKind {
 
 /// Whether a device runs plane (subgroup) operations in kernels: never on the CPU backend.
 pub fn device_has_planes(device: &burn::tensor::Device) -> bool {
-    use burn::backend::DispatchDevice;
     match device.as_dispatch() {
         #[cfg(any(feature = "wgpu", feature = "cuda"))]
-        DispatchDevice::Cube(d) => d
+        burn::backend::DispatchDevice::Cube(d) => d
             .client()
             .properties()
             .features

@@ -492,7 +492,9 @@ pub fn plan(devices: &[DeviceFacts], model: &ModelFacts, ov: &Overrides) -> Resu
         choices.push(Choice {
             what: "mat-vec reduction",
             chosen: format!("{reduction:?}").to_lowercase(),
-            why: why.into(),
+            why: format!(
+                "{why}; the first run on the device times every variant and keeps the fastest (~/.cache/kiln/tune)"
+            ),
             rejected,
         });
         let shared = device.shared_memory_bytes.unwrap_or(0) as usize;
