@@ -10,9 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use burn::tensor::module::{attention, linear};
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
@@ -163,48 +161,23 @@ struct LayerNorm {
 impl LayerNorm {
     /// `LayerNorm(x + residual)` over the last dimension (`torch.nn.LayerNorm`, biased
     /// variance).
-    fn forward(&self, x: Tensor<2>, residual: Tensor<2>, fast: bool) -> Tensor<2> {
-        if fast {
-            return encoder::add_layer_norm(x, residual, &self.gamma, &self.beta, self.eps as f32);
-        }
-        let x = x + residual;
-        let (var, mean) = x.clone().var_mean_bias(1);
-        let x = (x - mean) / (var + self.eps).sqrt();
-        x * self.gamma.clone().unsqueeze() + self.beta.clone().unsqueeze()
+    fn forward(&self, x: Tensor<2>, residual: Tensor<2>) -> Tensor<2> {
+        encoder::add_layer_norm(x, residual, &self.gamma, &self.beta, self.eps as f32)
     }
 }
 
-/// A dense layer: packed for Kiln's CPU kernels on Flex, a plain `[in, out]` matrix for Burn's
-/// ops elsewhere.
-enum Dense {
-    Packed(PackedLinear),
-    Plain { w: Tensor<2>, b: Tensor<1> },
-}
+/// A dense layer, its weight laid out at load for Kiln's kernels on the model's device.
+struct Dense(PackedLinear);
 
 impl Dense {
     /// From PyTorch's `[out, in]` weight.
     fn new(w: &[f32], b: Vec<f32>, out: usize, inp: usize, device: &Device) -> Result<Self> {
         let t = transpose(w, out, inp);
-        if encoder::supports(device) {
-            return Ok(Dense::Packed(PackedLinear::new(&t, b, inp, out, device)?));
-        }
-        Ok(Dense::Plain {
-            w: Tensor::from_data(TensorData::new(t, [inp, out]), device),
-            b: Tensor::from_data(TensorData::new(b, [out]), device),
-        })
+        Ok(Dense(PackedLinear::new(&t, b, inp, out, device)?))
     }
 
     fn forward(&self, x: Tensor<2>, act: Act) -> Tensor<2> {
-        match self {
-            Dense::Packed(p) => encoder::dense(x, p, act),
-            Dense::Plain { w, b } => {
-                let y = linear(x, w.clone(), Some(b.clone()));
-                match act {
-                    Act::Gelu => burn::tensor::activation::gelu(y),
-                    Act::None => y,
-                }
-            }
-        }
+        encoder::dense(x, &self.0, act)
     }
 }
 
@@ -227,8 +200,6 @@ pub struct Bert {
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
     device: Device,
-    /// Kiln's CPU encoder kernels (Flex) rather than Burn's generic ops.
-    fast: bool,
 }
 
 /// Named weights read from a safetensors file, as f32 with their shapes.
@@ -421,7 +392,6 @@ impl Bert {
             emb_norm,
             layers,
             device: device.clone(),
-            fast: encoder::supports(device),
         })
     }
 
@@ -476,51 +446,19 @@ impl Bert {
 
         // Embeddings: LayerNorm(word + token type + position).
         let x = rows(&self.word, &batch.ids) + rows(&self.token_type, &batch.type_ids);
-        let mut x = self
-            .emb_norm
-            .forward(x, rows(&self.position, &positions), self.fast);
-
-        // Keys past a row's length are masked (true = masked) for every query and head.
-        let mask = (!self.fast).then(|| {
-            let mask: Vec<bool> = batch
-                .lengths
-                .iter()
-                .flat_map(|&len| (0..s).map(move |j| j >= len))
-                .collect();
-            Tensor::<4, Bool>::from_data(TensorData::new(mask, [b, 1, 1, s]), &self.device)
-                .expand([b, nh, s, s])
-        });
+        let mut x = self.emb_norm.forward(x, rows(&self.position, &positions));
 
         for layer in &self.layers {
             let qkv = layer.qkv.forward(x.clone(), Act::None); // [b·s, 3h]
-            let ctx = match &mask {
-                None => encoder::self_attention(qkv, &batch.lengths, s, nh, hd),
-                Some(mask) => {
-                    let qkv = qkv.reshape([b, s, 3, nh, hd]);
-                    let part = |i: usize| {
-                        qkv.clone()
-                            .narrow(2, i, 1)
-                            .reshape([b, s, nh, hd])
-                            .swap_dims(1, 2)
-                    };
-                    let ctx = attention(
-                        part(0),
-                        part(1),
-                        part(2),
-                        Some(mask.clone()),
-                        None,
-                        AttentionModuleOptions::default(),
-                    );
-                    ctx.swap_dims(1, 2).reshape([b * s, h])
-                }
-            };
+            // Keys past a row's length are masked inside the kernel.
+            let ctx = encoder::self_attention(qkv, &batch.lengths, s, nh, hd);
             x = layer
                 .attn_norm
-                .forward(layer.attn_out.forward(ctx, Act::None), x, self.fast);
+                .forward(layer.attn_out.forward(ctx, Act::None), x);
             let up = layer.ffn_up.forward(x.clone(), Act::Gelu);
             x = layer
                 .ffn_norm
-                .forward(layer.ffn_down.forward(up, Act::None), x, self.fast);
+                .forward(layer.ffn_down.forward(up, Act::None), x);
         }
         Ok(x.reshape([b, s, h]))
     }

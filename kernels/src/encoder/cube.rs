@@ -17,7 +17,7 @@ use kiln_quant::GgmlType;
 
 use super::EncoderOps;
 use crate::cube_util::upload_u32;
-use crate::nn::cube::accumulate_v;
+use crate::nn::cube::{accumulate_v, softmax_tile};
 use crate::qmatmul::Reduction;
 use crate::qmatmul::cube::launch_qmatmul;
 
@@ -108,29 +108,8 @@ fn encoder_attention_kernel(
             }
             score = dot * scale;
         }
-        ps[u] = score;
-        sync_cube();
-        let mut tmax = neg;
-        for t in 0..32usize {
-            tmax = f32::max(tmax, ps[t]);
-        }
-        let m_new = f32::max(m_run, tmax);
-        sync_cube();
-        let mut p = 0.0f32;
-        if score > neg {
-            p = f32::exp(score - m_new);
-        }
-        ps[u] = p;
-        sync_cube();
-        let mut alpha = 1.0f32;
-        if m_run > neg {
-            alpha = f32::exp(m_run - m_new);
-        }
-        let mut tsum = 0.0f32;
-        for t in 0..32usize {
-            tsum += ps[t];
-        }
-        l_run = l_run * alpha + tsum;
+        let (m_new, alpha, l_new) = softmax_tile(&mut ps, score, m_run, l_run, neg);
+        l_run = l_new;
         accumulate_v(
             &mut acc,
             &ps,

@@ -47,11 +47,6 @@ pub trait EncoderOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// Whether these ops run on `device` (the CPU and CubeCL devices).
-pub fn supports(device: &Device) -> bool {
-    BackendKind::of(device).is_ok()
-}
-
 /// A dense layer with its weight packed for [`dense`].
 #[derive(Clone, Debug)]
 pub struct PackedLinear {

@@ -156,6 +156,44 @@ fn score_at(
     score
 }
 
+/// One 32-slot tile of an online softmax, each unit bringing its slot's `score` (`neg` when the
+/// slot is masked). Returns `(m_new, alpha, l_new)`: the running maximum with this tile,
+/// `exp(m_run − m_new)` to rescale what was accumulated, and the rescaled running sum with the
+/// tile's terms; `ps` then holds the tile's `exp(score − m_new)` (0 for masked slots).
+#[cube]
+pub(crate) fn softmax_tile(
+    ps: &mut Shared<[f32]>,
+    score: f32,
+    m_run: f32,
+    l_run: f32,
+    neg: f32,
+) -> (f32, f32, f32) {
+    let u = UNIT_POS as usize;
+    ps[u] = score;
+    sync_cube();
+    let mut tmax = neg;
+    for j in 0..32usize {
+        tmax = f32::max(tmax, ps[j]);
+    }
+    let m_new = f32::max(m_run, tmax);
+    sync_cube();
+    let mut p = 0.0f32;
+    if score > neg {
+        p = f32::exp(score - m_new);
+    }
+    ps[u] = p;
+    sync_cube();
+    let mut alpha = 1.0f32;
+    if m_run > neg {
+        alpha = f32::exp(m_run - m_new);
+    }
+    let mut tsum = 0.0f32;
+    for j in 0..32usize {
+        tsum += ps[j];
+    }
+    (m_new, alpha, l_run * alpha + tsum)
+}
+
 /// Adds `Σ_j ps[j] · v[slot tile·32 + j]` to this unit's dimensions of `acc`, after scaling
 /// them by `alpha`.
 #[cube]
@@ -247,35 +285,12 @@ fn attention_kernel(
             neg,
             hd,
         );
-        ps[u] = score;
-        sync_cube();
-        let mut tmax = neg;
-        for j in 0..32usize {
-            tmax = f32::max(tmax, ps[j]);
-        }
-        let m_new = f32::max(m_run, tmax);
-        sync_cube();
-        let mut p = 0.0f32;
-        if score > neg {
-            p = f32::exp(score - m_new);
-        }
-        ps[u] = p;
-        sync_cube();
-        let mut alpha = 1.0f32;
-        if m_run > neg {
-            alpha = f32::exp(m_run - m_new);
-        }
-        let mut tsum = 0.0f32;
-        for j in 0..32usize {
-            tsum += ps[j];
-        }
-        l_run = l_run * alpha + tsum;
+        let (m_new, alpha, l_new) = softmax_tile(&mut ps, score, m_run, l_run, neg);
+        l_run = l_new;
         if comptime!(!rounded) {
             accumulate_v(&mut acc, &ps, vc, tile, row, kv_off, alpha, hd);
         }
-        if tmax > neg {
-            m_run = m_new;
-        }
+        m_run = m_new;
         sync_cube();
     }
     let mut inv = 0.0f32;
