@@ -68,3 +68,14 @@ pub fn device_has_planes(device: &burn::tensor::Device) -> bool {
         _ => false,
     }
 }
+
+/// Shared memory per workgroup on a device, bytes (0 for the CPU backend).
+pub fn device_shared_memory(device: &burn::tensor::Device) -> usize {
+    match device.as_dispatch() {
+        #[cfg(any(feature = "wgpu", feature = "cuda"))]
+        burn::backend::DispatchDevice::Cube(d) => {
+            d.client().properties().hardware.max_shared_memory_size
+        }
+        _ => 0,
+    }
+}

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use kiln_kernels::nn::{self, KvCache, Rope, Softmax, Visibility};
-use kiln_kernels::qmatmul::{self, Reduction};
+use kiln_kernels::qmatmul::{self, Reduction, Tiling};
 use kiln_kernels::{KernelError, QTensor, dequant};
 use kiln_quant::GgmlType;
 use kiln_tests::wgpu_device;
@@ -130,14 +130,26 @@ fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> (Vec<f64>, V
 /// The GPU product against the CPU's (same activation rounding, ggml's), and both against the
 /// exact product of the dequantized weights (which differs by the activation rounding only).
 fn check_qmatmul(gpu: &Device, ty: GgmlType, m: usize, n: usize, k: usize, red: Reduction) {
+    check_qmatmul_tiled(gpu, ty, m, n, k, red, Tiling::Auto)
+}
+
+fn check_qmatmul_tiled(
+    gpu: &Device,
+    ty: GgmlType,
+    m: usize,
+    n: usize,
+    k: usize,
+    red: Reduction,
+    tiling: Tiling,
+) {
     let (bytes, deq) = weights(ty, n, k, (m * 31 + n) as u64);
     let x = data(m * k, 7 + m as u64);
-    let run = |dev: &Device, red| {
+    let run = |dev: &Device, red, tiling| {
         let q = QTensor::from_blocks("w", ty, &[n, k], &bytes, dev).unwrap();
-        vec2(qmatmul::qmatmul_with(t2(&x, [m, k], dev), &q, red).unwrap())
+        vec2(qmatmul::qmatmul_variant(t2(&x, [m, k], dev), &q, red, tiling).unwrap())
     };
-    let got = run(gpu, red);
-    let cpu = run(&Device::flex(), Reduction::Auto);
+    let got = run(gpu, red, tiling);
+    let cpu = run(&Device::flex(), Reduction::Auto, Tiling::Auto);
     let (exact, mag) = reference(&x, &deq, m, n, k);
     assert_eq!(got.len(), m * n);
     for i in 0..m * n {
@@ -152,7 +164,7 @@ fn check_qmatmul(gpu: &Device, ty: GgmlType, m: usize, n: usize, k: usize, red: 
         let err = (f64::from(got[i]) - want).abs();
         assert!(
             err <= 2e-6 * mag[i] + 1e-7,
-            "{ty} m={m} n={n} k={k} {red:?}: y[{}, {}] = {} want {} (Σ|wx| {})",
+            "{ty} m={m} n={n} k={k} {red:?} {tiling:?}: y[{}, {}] = {} want {} (Σ|wx| {})",
             i / n,
             i % n,
             got[i],
@@ -188,9 +200,12 @@ fn qmatmul_tiled_every_type_against_dequantized_reference() {
     };
     for ty in TYPES {
         let k = awkward_k(ty);
-        // m just above the mat-vec limit, and more rows and columns than one 64 × 64 tile.
-        for (m, n) in [(5, 37), (70, 129)] {
-            check_qmatmul(&gpu, ty, m, n, k, Reduction::Auto);
+        // m just above the mat-vec limit, and more rows and columns than one tile of either
+        // tiling (vec4: 128 × 64; scalar, for 16 KiB devices: 32 × 64).
+        for (m, n) in [(5, 37), (70, 129), (133, 65)] {
+            for tiling in [Tiling::Vec4, Tiling::Scalar] {
+                check_qmatmul_tiled(&gpu, ty, m, n, k, Reduction::Auto, tiling);
+            }
         }
     }
 }

@@ -18,8 +18,8 @@ use kiln_quant::GgmlType;
 use super::EncoderOps;
 use crate::cube_util::upload_u32;
 use crate::nn::cube::{accumulate_v, softmax_tile};
-use crate::qmatmul::Reduction;
 use crate::qmatmul::cube::launch_qmatmul;
+use crate::qmatmul::{Reduction, Tiling};
 
 /// The CPU's rational erf (Eigen's), ±1 past |x| = 3.9.
 #[cube]
@@ -208,7 +208,7 @@ impl EncoderOps for CubeBackend {
         // The weight's f32 bits, read as the F32 "blocks" of the quantized matmul.
         let mut words = into_contiguous(packed);
         words.dtype = DType::U32;
-        let y = launch_qmatmul(x, words, GgmlType::F32, n, k, Reduction::Auto);
+        let y = launch_qmatmul(x, words, GgmlType::F32, n, k, Reduction::Auto, Tiling::Auto);
         let bias = into_contiguous(bias);
         let total = y.meta.shape().num_elements();
         let client = y.client.clone();

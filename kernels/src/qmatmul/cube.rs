@@ -6,10 +6,11 @@
 //!   once and multiply them into every activation row, then reduce with plane (subgroup) sums
 //!   where the device has them, else with a shared-memory tree (or not at all: one unit per
 //!   row).
-//! * [`qmatmul_tiled_kernel`], prompts and batches: a (8 pm) × 64 output tile per cube of 8 × 8
-//!   units, pm × 8 outputs per unit ([`tiled_variant`]); K steps of 32: the cube decodes a
-//!   64 × 32 weight tile and loads an activation tile into shared memory, then each unit
-//!   accumulates its outputs in registers.
+//! * prompts and batches ([`Tiling`]): K steps of 32 (one block of the 32-value types); the
+//!   cube decodes a 64 × 32 weight tile and loads an activation tile into shared memory, then
+//!   each unit accumulates its outputs in registers. [`qmatmul_tiled_vec4_kernel`]: 128 × 64
+//!   tiles stored as vec4 (8 × 8 units, 16 × 8 outputs each, 6 vector loads per 128
+//!   multiply-adds); [`qmatmul_tiled_kernel`]: scalar tiles of 32 × 64 for 16 KiB devices.
 
 // Kernel code is CubeCL's language: `%` instead of `is_multiple_of`, and a comptime `if` kept
 // apart from the runtime one inside it.
@@ -23,7 +24,7 @@ use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim};
 use kiln_quant::GgmlType;
 
-use super::{MATVEC_MAX_M, QMatmulOps, Reduction, tiled_variant};
+use super::{MATVEC_MAX_M, QMatmulOps, Reduction, Tiling};
 use crate::cube_blocks::{T_Q4_1, code, decode8, q4_1_min, row_bytes};
 use crate::cube_util::round_to_f16;
 
@@ -415,6 +416,170 @@ fn round_activations(x: &CubeTensor, ty: GgmlType) -> Option<(CubeTensor, CubeTe
     Some((out, sums))
 }
 
+type V4 = Vector<f32, Const<4>>;
+
+/// The tiled kernel with vec4 shared tiles: a 128 × 64 output tile per cube of 8 × 8 units; unit
+/// `(tr, tc)` owns activation rows `32 a + 4 tr + i` (a, i < 4) and weight rows
+/// `32 g + 4 tc + j` (g < 2, j < 4). Per K value a unit loads 4 + 2 vectors from shared memory
+/// for 128 multiply-adds (vec4 FMAs into 32 vector accumulators).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn qmatmul_tiled_vec4_kernel(
+    words: &[u32],
+    x: &[f32],
+    xsum: &[f32],
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    row_bytes: usize,
+    #[comptime] ty: u32,
+) {
+    let tile_n = CUBE_POS_X as usize * 64;
+    let tile_m = CUBE_POS_Y as usize * 128;
+    let u = UNIT_POS as usize;
+    let tr = u / 8;
+    let tc = u % 8;
+    // K-major: xs4[kk · 32 + row group] holds activation rows 4 rg .. 4 rg + 3 at kk.
+    let mut xs4 = Shared::<[V4]>::new_slice(1024usize);
+    let mut ws4 = Shared::<[V4]>::new_slice(512usize);
+    let mut wmin = Shared::<[f32]>::new_slice(64usize);
+    let mut xsums = Shared::<[f32]>::new_slice(128usize);
+    let mut acc = Array::<V4>::new(32usize);
+    #[unroll]
+    for i in 0..32usize {
+        acc[i] = V4::broadcast(0.0f32);
+    }
+    let mut vals = Array::<f32>::new(8usize);
+    let mut kt = 0usize;
+    while kt < k {
+        // Weights: unit u decodes rows 4 (u / 4) .. + 3, values 8 (u % 4) .. + 7.
+        let rg = u / 4;
+        let kg = (u % 4) * 8;
+        let mut wv = Array::<V4>::new(8usize);
+        #[unroll]
+        for j in 0..4usize {
+            let wr = tile_n + rg * 4 + j;
+            if wr < n {
+                decode8(words, wr * row_bytes, kt + kg, k, &mut vals, ty, false);
+            } else {
+                #[unroll]
+                for i in 0..8usize {
+                    vals[i] = 0.0f32;
+                }
+            }
+            #[unroll]
+            for i in 0..8usize {
+                let mut v = wv[i];
+                v.insert(j, vals[i]);
+                wv[i] = v;
+            }
+            if comptime!(ty == T_Q4_1) {
+                if kg == 0 {
+                    let mut bm = 0.0f32;
+                    if wr < n {
+                        bm = q4_1_min(words, wr * row_bytes, kt);
+                    }
+                    wmin[rg * 4 + j] = bm;
+                }
+            }
+        }
+        #[unroll]
+        for i in 0..8usize {
+            ws4[(kg + i) * 16 + rg] = wv[i];
+        }
+        // Activations: two tasks per unit, rows 4 (t / 4) .. + 3, values 8 (t % 4) .. + 7.
+        #[unroll]
+        for l in 0..2usize {
+            let t = u + l * 64;
+            let xg = t / 4;
+            let kx = (t % 4) * 8;
+            let mut xv = Array::<V4>::new(8usize);
+            #[unroll]
+            for j in 0..4usize {
+                let xr = tile_m + xg * 4 + j;
+                #[unroll]
+                for i in 0..8usize {
+                    let col = kt + kx + i;
+                    let mut v = 0.0f32;
+                    if xr < m && col < k {
+                        v = x[xr * k + col];
+                    }
+                    let mut vv = xv[i];
+                    vv.insert(j, v);
+                    xv[i] = vv;
+                }
+                if comptime!(ty == T_Q4_1) {
+                    if kx == 0 {
+                        let mut bs = 0.0f32;
+                        if xr < m {
+                            bs = xsum[xr * (k / 32) + kt / 32];
+                        }
+                        xsums[xg * 4 + j] = bs;
+                    }
+                }
+            }
+            #[unroll]
+            for i in 0..8usize {
+                xs4[(kx + i) * 32 + xg] = xv[i];
+            }
+        }
+        sync_cube();
+        for kk in 0..32usize {
+            let b0 = ws4[kk * 16 + tc];
+            let b1 = ws4[kk * 16 + 8 + tc];
+            #[unroll]
+            for a in 0..4usize {
+                let av = xs4[kk * 32 + a * 8 + tr];
+                #[unroll]
+                for i in 0..4usize {
+                    let s = V4::broadcast(av.extract(i));
+                    acc[(a * 4 + i) * 2] += s * b0;
+                    acc[(a * 4 + i) * 2 + 1] += s * b1;
+                }
+            }
+        }
+        if comptime!(ty == T_Q4_1) {
+            #[unroll]
+            for a in 0..4usize {
+                #[unroll]
+                for i in 0..4usize {
+                    let xsv = V4::broadcast(xsums[a * 32 + tr * 4 + i]);
+                    #[unroll]
+                    for g in 0..2usize {
+                        let mut mv = V4::broadcast(0.0f32);
+                        #[unroll]
+                        for j in 0..4usize {
+                            mv.insert(j, wmin[g * 32 + tc * 4 + j]);
+                        }
+                        acc[(a * 4 + i) * 2 + g] += xsv * mv;
+                    }
+                }
+            }
+        }
+        sync_cube();
+        kt += 32;
+    }
+    #[unroll]
+    for a in 0..4usize {
+        #[unroll]
+        for i in 0..4usize {
+            let r = tile_m + a * 32 + tr * 4 + i;
+            #[unroll]
+            for g in 0..2usize {
+                let v = acc[(a * 4 + i) * 2 + g];
+                #[unroll]
+                for j in 0..4usize {
+                    let c = tile_n + g * 32 + tc * 4 + j;
+                    if r < m && c < n {
+                        out[r * n + c] = v.extract(j);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A cube count of `cubes` cubes that stays within every runtime's per-dimension limit.
 pub(crate) fn count_1d(cubes: usize) -> CubeCount {
     const MAX: usize = 32_768;
@@ -439,6 +604,7 @@ pub(crate) fn launch_qmatmul(
     n: usize,
     k: usize,
     reduction: Reduction,
+    tiling: Tiling,
 ) -> CubeTensor {
     let ty_code = code(ty).expect("qmatmul: caller checked the type");
     let x = into_contiguous(x);
@@ -494,8 +660,36 @@ pub(crate) fn launch_qmatmul(
             );
         }
     } else {
-        let shared = client.properties().hardware.max_shared_memory_size;
-        let (side, pm) = tiled_variant(shared);
+        let tiling = match tiling {
+            Tiling::Auto => {
+                Tiling::for_shared_memory(client.properties().hardware.max_shared_memory_size)
+            }
+            t => t,
+        };
+        if tiling == Tiling::Vec4 {
+            let count = CubeCount::new_2d(n.div_ceil(64) as u32, m.div_ceil(128) as u32);
+            // SAFETY: weight rows ≥ n and activation rows ≥ m are not read (zeros instead),
+            // columns ≥ k decode as zeros (F32/F16) or do not occur; stores are bounded by m
+            // and n.
+            unsafe {
+                qmatmul_tiled_vec4_kernel::launch_unchecked(
+                    &client,
+                    count,
+                    CubeDim::new_1d(64),
+                    words.into_buffer_arg(),
+                    x.into_buffer_arg(),
+                    xsum.into_buffer_arg(),
+                    out.clone().into_buffer_arg(),
+                    m,
+                    n,
+                    k,
+                    rb,
+                    ty_code,
+                );
+            }
+            return out;
+        }
+        let (side, pm) = (8, 4);
         let count = CubeCount::new_2d(n.div_ceil(TILE) as u32, m.div_ceil(side * pm) as u32);
         // SAFETY: weight rows ≥ n and activation rows ≥ m are not read (zeros instead);
         // columns ≥ k decode as zeros (F32/F16) or do not occur (block types: k is a multiple
@@ -566,8 +760,9 @@ impl QMatmulOps for CubeBackend {
         n: usize,
         k: usize,
         reduction: Reduction,
+        tiling: Tiling,
     ) -> FloatTensor<Self> {
-        launch_qmatmul(x, words, ty, n, k, reduction)
+        launch_qmatmul(x, words, ty, n, k, reduction, tiling)
     }
 
     fn qrows(words: IntTensor<Self>, ty: GgmlType, k: usize, ids: Vec<u32>) -> FloatTensor<Self> {

@@ -4,7 +4,7 @@ use burn::tensor::TensorData;
 use burn_flex::FlexTensor;
 use kiln_quant::GgmlType;
 
-use super::{QMatmulOps, Reduction};
+use super::{QMatmulOps, Reduction, Tiling};
 use crate::cpu;
 
 impl QMatmulOps for Flex {
@@ -15,6 +15,7 @@ impl QMatmulOps for Flex {
         n: usize,
         k: usize,
         _reduction: Reduction,
+        _tiling: Tiling,
     ) -> FloatTensor<Self> {
         let x = x.to_contiguous();
         let x: &[f32] = x.as_slice().expect("qmatmul: f32 activations");

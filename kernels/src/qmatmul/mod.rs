@@ -57,21 +57,43 @@ impl Reduction {
     }
 }
 
-/// Shared memory the tiled kernel takes with `pm` activation rows per unit (8 × 8 units):
-/// the activation tile (8 pm × 32), the weight tile (64 × 32), Q4_1's minima and sums.
-pub const fn tiled_shared_bytes(pm: usize) -> usize {
-    (8 * pm * 32 + 64 * 32 + 64 + 8 * pm) * 4
+/// The Cube tiled mat-mul kernel (m > [`MATVEC_MAX_M`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Tiling {
+    /// [`Tiling::for_shared_memory`] of the device.
+    #[default]
+    Auto,
+    /// 128 × 64 tiles in vec4 shared memory: 4 + 2 vector loads per 128 multiply-adds
+    /// ([`VEC4_SHARED_BYTES`]).
+    Vec4,
+    /// 32 × 64 tiles in scalar shared memory, for devices with WebGPU's minimum of 16 KiB
+    /// ([`SCALAR_SHARED_BYTES`]).
+    Scalar,
 }
 
-/// The tiled kernel's shape for a device with `shared` bytes of shared memory per cube:
-/// `(side, pm)` = 8 × 8 units, each 8 weight rows × `pm` activation rows. 128 activation rows
-/// per tile amortize the weight decoding best (measured: 23 ms vs 31 ms with 64 rows at
-/// SmolLM2's FFN shape on llvmpipe); 32 rows fit WebGPU's 16 KiB minimum.
-pub fn tiled_variant(shared: usize) -> (usize, usize) {
-    if shared >= tiled_shared_bytes(16) {
-        (8, 16)
-    } else {
-        (8, 4)
+/// Shared memory of the vec4 tiled kernel: activation and weight tiles (128 and 64 rows × 32),
+/// Q4_1's block minima and sums.
+pub const VEC4_SHARED_BYTES: usize = (128 * 32 + 64 * 32 + 64 + 128) * 4;
+/// Shared memory of the scalar tiled kernel (32 activation rows).
+pub const SCALAR_SHARED_BYTES: usize = (32 * 32 + 64 * 32 + 64 + 32) * 4;
+
+impl Tiling {
+    /// Vec4 tiles where they fit (measured on llvmpipe, SmolLM2's up projection, m = 128:
+    /// 15.8 ms against 23.5 ms for the best scalar tiling), else the scalar 32-row tiles.
+    pub fn for_shared_memory(shared: usize) -> Self {
+        if shared >= VEC4_SHARED_BYTES {
+            Tiling::Vec4
+        } else {
+            Tiling::Scalar
+        }
+    }
+
+    /// Output rows × columns × K step of a tile.
+    pub fn tile(self) -> (u32, u32, u32) {
+        match self {
+            Tiling::Scalar => (32, 64, 32),
+            _ => (128, 64, 32),
+        }
     }
 }
 
@@ -82,7 +104,7 @@ pub const TILED_CUBE_UNITS: u32 = 64;
 #[backend_extension(Cube: cfg(any(feature = "wgpu", feature = "cuda")), Flex)]
 pub trait QMatmulOps: Backend {
     /// `x`: `[m, k]` f32; `words`: `n` rows of `k` values in blocks of `ty`. Returns `[m, n]`.
-    /// `reduction` picks the Cube mat-vec variant; the CPU ignores it.
+    /// `reduction` and `tiling` pick the Cube kernels' variants; the CPU ignores them.
     fn qmatmul(
         x: FloatTensor<Self>,
         words: IntTensor<Self>,
@@ -90,6 +112,7 @@ pub trait QMatmulOps: Backend {
         n: usize,
         k: usize,
         reduction: Reduction,
+        tiling: Tiling,
     ) -> FloatTensor<Self>;
 
     /// Rows `ids` of the `[n, k]` matrix in `words`, as `[ids.len(), k]` f32.
@@ -121,6 +144,18 @@ pub fn qmatmul(x: Tensor<2>, w: &QTensor) -> Result<Tensor<2>> {
 /// [`qmatmul`] with the Cube mat-vec reduction chosen by the caller (a dispatch plan, a test
 /// of both variants). [`Reduction::Plane`] on a device without plane operations is an error.
 pub fn qmatmul_with(x: Tensor<2>, w: &QTensor, reduction: Reduction) -> Result<Tensor<2>> {
+    qmatmul_variant(x, w, reduction, Tiling::Auto)
+}
+
+/// [`qmatmul`] with both Cube variants chosen by the caller. A variant the device cannot run
+/// ([`Reduction::Plane`] without plane operations, [`Tiling::Vec4`] without the shared
+/// memory) is an error.
+pub fn qmatmul_variant(
+    x: Tensor<2>,
+    w: &QTensor,
+    reduction: Reduction,
+    tiling: Tiling,
+) -> Result<Tensor<2>> {
     let backend = BackendKind::of(&w.device())?;
     let (n, k) = matrix_dims(w, "qmatmul")?;
     let [m, kx] = x.dims();
@@ -152,6 +187,13 @@ pub fn qmatmul_with(x: Tensor<2>, w: &QTensor, reduction: Reduction) -> Result<T
                     "qmatmul: plane reduction on a device without plane operations".into(),
                 ));
             }
+            if tiling == Tiling::Vec4
+                && crate::device_shared_memory(&w.device()) < VEC4_SHARED_BYTES
+            {
+                return Err(KernelError::Unsupported(format!(
+                    "qmatmul: vec4 tiles need {VEC4_SHARED_BYTES} B of shared memory"
+                )));
+            }
             if let Reduction::Shared(upr) = reduction
                 && !(2..=64).contains(&upr) | !upr.is_power_of_two()
             {
@@ -168,6 +210,7 @@ pub fn qmatmul_with(x: Tensor<2>, w: &QTensor, reduction: Reduction) -> Result<T
         n,
         k,
         reduction,
+        tiling,
     );
     Ok(Tensor::from_dispatch(y))
 }
