@@ -101,3 +101,20 @@ pub fn upload_f32(
     t.dtype = burn::tensor::DType::F32;
     t
 }
+
+/// Sum of `smem[0..CUBE_DIM]` into `smem[0]`, each unit having written its slot (the cube's
+/// size a power of two). Starts and ends with a barrier.
+#[cube]
+pub fn tree_sum(smem: &mut Shared<[f32]>) {
+    let u = UNIT_POS as usize;
+    sync_cube();
+    let mut stride = (CUBE_DIM / 2) as usize;
+    while stride > 0 {
+        if u < stride {
+            let other = smem[u + stride];
+            smem[u] += other;
+        }
+        sync_cube();
+        stride /= 2;
+    }
+}

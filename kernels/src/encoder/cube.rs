@@ -16,7 +16,7 @@ use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 use kiln_quant::GgmlType;
 
 use super::EncoderOps;
-use crate::cube_util::upload_u32;
+use crate::cube_util::{tree_sum, upload_u32};
 use crate::nn::cube::{accumulate_v, softmax_tile};
 use crate::qmatmul::cube::launch_qmatmul;
 use crate::qmatmul::{Reduction, Tiling};
@@ -131,22 +131,6 @@ fn encoder_attention_kernel(
     while e < hd {
         out[r * hh + h * hd + e] = acc[e] * inv;
         e += 32usize;
-    }
-}
-
-/// Sum of `smem[0..64]` into `smem[0]` (64 units).
-#[cube]
-fn tree_sum(smem: &mut Shared<[f32]>) {
-    let u = UNIT_POS as usize;
-    sync_cube();
-    let mut stride = (CUBE_DIM / 2) as usize;
-    while stride > 0 {
-        if u < stride {
-            let other = smem[u + stride];
-            smem[u] += other;
-        }
-        sync_cube();
-        stride /= 2;
     }
 }
 

@@ -19,7 +19,7 @@ use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
 use super::{NnOps, Rope, Softmax, Visibility};
-use crate::cube_util::{round_to_f16, upload_f32, upload_u32};
+use crate::cube_util::{round_to_f16, tree_sum, upload_f32, upload_u32};
 
 const NORM_UNITS: usize = 64;
 const ATTN_UNITS: usize = 32;
@@ -38,16 +38,7 @@ fn rms_norm_kernel(x: &[f32], w: &[f32], out: &mut [f32], d: usize, eps: f32) {
     }
     let mut smem = Shared::<[f32]>::new_slice(64usize);
     smem[u] = s;
-    sync_cube();
-    let mut stride = 32usize;
-    while stride > 0 {
-        if u < stride {
-            let other = smem[u + stride];
-            smem[u] += other;
-        }
-        sync_cube();
-        stride /= 2;
-    }
+    tree_sum(&mut smem);
     let scale = 1.0f32 / f32::sqrt(smem[0] / f32::cast_from(d) + eps);
     let mut j = u;
     while j < d {

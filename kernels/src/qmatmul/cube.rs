@@ -156,10 +156,11 @@ fn qmatvec_kernel(
     }
 }
 
-/// A `side · pm` × 64 output tile per cube of `side × side` units, each owning `pm` activation
-/// rows and `64 / side` weight rows of it (strided by `side`). K steps of 32 (one block of the 32-value types): the
-/// cube decodes a 64 × 32 weight tile and loads a 64 × 32 activation tile into shared memory,
-/// stored K-major so that units of a row read consecutive addresses, then accumulates in
+/// The scalar tiled kernel, for devices whose shared memory cannot hold the vec4 tiles: a
+/// `side · pm` × 64 output tile per cube of `side × side` units (launched as 8 × 8 units,
+/// pm = 4: 32 × 64 tiles), each unit owning `pm` activation rows and `64 / side` weight rows
+/// (strided by `side`). K steps of 32: the cube decodes a 64 × 32 weight tile and loads a
+/// `side · pm` × 32 activation tile into shared memory, K-major, then accumulates in
 /// registers.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
