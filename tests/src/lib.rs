@@ -75,3 +75,16 @@ pub fn wgpu_device() -> Option<(DeviceInfo, burn::tensor::Device)> {
         }
     }
 }
+
+/// `n` reproducible pseudo-random values in [-0.5, 0.5) (xorshift64), different per `seed`.
+pub fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = 0x2545_F491_4F6C_DD1D ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}

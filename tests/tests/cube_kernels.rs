@@ -21,19 +21,7 @@ use kiln_kernels::nn::{self, KvCache, Rope, Softmax, Visibility};
 use kiln_kernels::qmatmul::{self, Reduction, Tiling};
 use kiln_kernels::{KernelError, QTensor, dequant};
 use kiln_quant::GgmlType;
-use kiln_tests::wgpu_device;
-
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = 0x2545_F491_4F6C_DD1D ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
-}
+use kiln_tests::{data, wgpu_device};
 
 fn vec2(t: Tensor<2>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()

@@ -6,7 +6,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 use kiln_kernels::dream::{Conv2dBn, DilatedConv};
-use kiln_tests::wgpu_device;
+use kiln_tests::{data, wgpu_device};
 use serde_json::Value;
 
 fn floats(v: &Value) -> Vec<f32> {
@@ -86,18 +86,6 @@ fn cpu_matches_pytorch_on_both_input_forms() {
     // Wrong channel count: an error.
     let x = Tensor::<2>::zeros([2, c_in + 1], &cpu);
     assert!(conv.forward_points(x).is_err());
-}
-
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = 0x2545_F491_4F6C_DD1D ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
 }
 
 #[test]
