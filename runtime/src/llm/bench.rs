@@ -89,7 +89,14 @@ pub fn run(
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let threads = kiln_kernels::cpu::pool::pool().threads();
     let params = llm.model.config.n_params;
-    let backend = format!("CPU ({})", kiln_kernels::cpu::active_isa().name());
+    let backend = match kiln_kernels::BackendKind::of(llm.model.device())? {
+        kiln_kernels::BackendKind::Flex => {
+            format!("CPU ({})", kiln_kernels::cpu::active_isa().name())
+        }
+        kiln_kernels::BackendKind::Cube => {
+            format!("GPU (CubeCL, mat-vec {:?})", llm.model.reduction)
+        }
+    };
     let model = llm
         .path
         .file_name()
