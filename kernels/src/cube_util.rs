@@ -91,17 +91,6 @@ pub fn upload_u32(
     )
 }
 
-/// Like [`upload_u32`] for f32 values.
-pub fn upload_f32(
-    like: &burn_cubecl::tensor::CubeTensor,
-    values: &[f32],
-) -> burn_cubecl::tensor::CubeTensor {
-    let bits: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
-    let mut t = upload_u32(like, &bits);
-    t.dtype = burn::tensor::DType::F32;
-    t
-}
-
 /// Sum of `smem[0..CUBE_DIM]` into `smem[0]`, each unit having written its slot (the cube's
 /// size a power of two). Starts and ends with a barrier.
 #[cube]

@@ -482,6 +482,7 @@ impl Llama {
             key_seq: cache.key_seq.as_slice().into(),
             scale: 1.0 / (c.head_dim as f32).sqrt(),
             softmax: self.softmax,
+            device_copy: Default::default(),
         };
         let (hd, nh, nkv) = (c.head_dim, c.n_head, c.n_head_kv);
 

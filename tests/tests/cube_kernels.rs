@@ -325,6 +325,7 @@ fn attention_run(
             key_seq: Arc::from(key_seq.as_slice()),
             scale: 1.0 / (d as f32).sqrt(),
             softmax,
+            device_copy: Default::default(),
         };
         let s = step as u64 * 3;
         let q = t3(&data(t * heads * d, s + 1), [t, heads, d], device);

@@ -19,7 +19,7 @@ use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
 use super::{NnOps, Rope, Softmax, Visibility};
-use crate::cube_util::{round_to_f16, tree_sum, upload_f32, upload_u32};
+use crate::cube_util::{round_to_f16, tree_sum, upload_u32};
 
 const NORM_UNITS: usize = 64;
 const ATTN_UNITS: usize = 32;
@@ -52,8 +52,7 @@ fn rms_norm_kernel(x: &[f32], w: &[f32], out: &mut [f32], d: usize, eps: f32) {
 #[allow(clippy::too_many_arguments)]
 fn rope_kernel(
     x: &mut [f32],
-    positions: &[u32],
-    factors: &[f32],
+    table: &[u32],
     heads: usize,
     d: usize,
     half: usize,
@@ -70,13 +69,14 @@ fn rope_kernel(
     let i = idx % half;
     let th = idx / half;
     let tok = th / heads;
-    let mut theta = f32::cast_from(positions[tok]);
+    // table: [positions; t][frequency factors as f32 bits; half] (factors only if any).
+    let mut theta = f32::cast_from(table[tok]);
     for _ in 0..i {
         theta *= theta_scale;
     }
     let mut ff = 1.0f32;
     if comptime!(has_factors) {
-        ff = factors[i];
+        ff = f32::reinterpret(table[total / half / heads + i]);
     }
     let t = freq_scale * (theta / ff);
     let c = f32::cos(t);
@@ -371,21 +371,25 @@ impl NnOps for CubeBackend {
         let half = rope.n_rot / 2;
         let total = t * heads * half;
         let client = x.client.clone();
-        let pos = upload_u32(&x, &positions);
-        let factors = upload_f32(&x, &rope.freq_factors);
+        // One upload per call: the positions, then the factors' bits.
+        let table: Vec<u32> = positions
+            .iter()
+            .copied()
+            .chain(rope.freq_factors.iter().map(|f| f.to_bits()))
+            .collect();
+        let table = upload_u32(&x, &table);
         let theta_scale = rope.freq_base.powf(-2.0 / rope.n_rot as f32);
         let (count, dim) = elementwise(&client, total);
         // SAFETY: units past `t · heads · half` return; the others touch two values of their
-        // own head (indices below `t · heads · d`, as n_rot ≤ d was checked), read
-        // `positions[token]` (t entries) and, with factors, `factors[i]` (half entries).
+        // own head (indices below `t · heads · d`, as n_rot ≤ d was checked) and read
+        // `table[token]` (t positions) and, with factors, `table[t + i]` (half factors).
         unsafe {
             rope_kernel::launch_unchecked(
                 &client,
                 count,
                 dim,
                 x.clone().into_buffer_arg(),
-                pos.into_buffer_arg(),
-                factors.into_buffer_arg(),
+                table.into_buffer_arg(),
                 heads,
                 d,
                 half,
@@ -466,15 +470,21 @@ impl NnOps for CubeBackend {
         }
         let vc = caches.pop().expect("two caches");
         let kc = caches.pop().expect("two caches");
-        let vis: Vec<u32> = mask
-            .query_pos
-            .iter()
-            .chain(mask.query_seq.iter())
-            .chain(mask.key_pos.iter())
-            .chain(mask.key_seq.iter())
-            .copied()
-            .collect();
-        let vis = upload_u32(&q, &vis);
+        // Uploaded once per forward pass: the layers share the mask's device copy.
+        let vis = mask.device_copy.get_or(
+            |t: &CubeTensor| t.device == q.device,
+            || {
+                let vis: Vec<u32> = mask
+                    .query_pos
+                    .iter()
+                    .chain(mask.query_seq.iter())
+                    .chain(mask.key_pos.iter())
+                    .chain(mask.key_seq.iter())
+                    .copied()
+                    .collect();
+                upload_u32(&q, &vis)
+            },
+        );
         let out = empty_like(&q, Shape::new([t, heads * hd]));
         // SAFETY: cube (i, h) for i < t, h < heads reads q's row (i, h), cache slots below
         // `n ≤ capacity` of KV head h / group, and the visibility table (2t + 2n entries);

@@ -13,7 +13,7 @@ mod flex;
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use burn::tensor::{DType, Tensor};
 
@@ -75,6 +75,52 @@ pub struct Visibility {
     pub scale: f32,
     /// How the Cube kernel computes the softmax (the CPU always rounds as ggml does).
     pub softmax: Softmax,
+    /// The four arrays on the device, uploaded by the first layer that needs them and shared
+    /// by the clones the other layers get.
+    pub device_copy: DeviceCopy,
+}
+
+/// A device copy of host data, made once by the first op that needs it and shared by clones
+/// (every layer of a forward pass gets a clone of the same mask). A cache, not data: two copies
+/// always compare equal.
+#[derive(Clone, Default)]
+pub struct DeviceCopy(Arc<OnceLock<Box<dyn std::any::Any + Send + Sync>>>);
+
+impl DeviceCopy {
+    /// The cached value if it is a `T` for which `fits` holds, else `make()`'s (cached when
+    /// nothing is cached yet).
+    #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
+    pub(crate) fn get_or<T: Clone + Send + Sync + 'static>(
+        &self,
+        fits: impl Fn(&T) -> bool,
+        make: impl FnOnce() -> T,
+    ) -> T {
+        if let Some(t) = self.0.get().and_then(|b| b.downcast_ref::<T>())
+            && fits(t)
+        {
+            return t.clone();
+        }
+        let t = make();
+        // The first copy made is kept; one for another device is used once and dropped.
+        let _ = self.0.set(Box::new(t.clone()));
+        t
+    }
+}
+
+impl std::fmt::Debug for DeviceCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "DeviceCopy(made)"
+        } else {
+            "DeviceCopy(empty)"
+        })
+    }
+}
+
+impl PartialEq for DeviceCopy {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// The Cube attention kernel's softmax.
