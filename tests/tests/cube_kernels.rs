@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use kiln_kernels::nn::{self, KvCache, Rope, Softmax, Visibility};
+use kiln_kernels::nn::{self, KvCache, Rope, Softmax, Visibility, seq_id};
 use kiln_kernels::qmatmul::{self, Reduction, Tiling};
 use kiln_kernels::{KernelError, QTensor, dequant};
 use kiln_quant::GgmlType;
@@ -373,6 +373,31 @@ fn attention_matches_the_cpu_causal_gqa_shared_prefix_and_long() {
             vec![
                 causal(0, 9),
                 (vec![9, 10, 9, 10, 11, 9], vec![1, 1, 2, 2, 2, 3]),
+            ],
+        ),
+        // Batched prompts: groups 1 and 2 (branch 0, positions restarting at 0), then two
+        // continuations of each (branches 1, 2) that see their own group's prompt only.
+        (
+            "grouped prompts",
+            4,
+            2,
+            32,
+            vec![
+                (
+                    (0..7).chain(0..5).collect(),
+                    [vec![seq_id(1, 0); 7], vec![seq_id(2, 0); 5]].concat(),
+                ),
+                (
+                    vec![7, 8, 7, 5, 5, 6],
+                    vec![
+                        seq_id(1, 1),
+                        seq_id(1, 1),
+                        seq_id(1, 2),
+                        seq_id(2, 1),
+                        seq_id(2, 2),
+                        seq_id(2, 2),
+                    ],
+                ),
             ],
         ),
         // A long sequence: 300 slots in ten tiles, batch 1 decode at the end; head dim 48

@@ -19,6 +19,9 @@ use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
 use super::{NnOps, Rope, Softmax, Visibility};
+
+// The attention kernel spells out `super::sees` with this shift.
+const _: () = assert!(super::SEQ_GROUP_SHIFT == 16);
 use crate::cube_util::{round_to_f16, tree_sum, upload_u32};
 
 const NORM_UNITS: usize = 64;
@@ -136,7 +139,9 @@ fn score_at(
     if s < n {
         let kp = vis[2 * t + s];
         let ks = vis[2 * t + n + s];
-        if kp <= qp && (ks == 0u32 || ks == qseq) {
+        // `super::sees`, with SEQ_GROUP_SHIFT = 16.
+        let group_prefix = (ks & 0xFFFFu32) == 0u32 && (ks >> 16u32) == (qseq >> 16u32);
+        if kp <= qp && (ks == 0u32 || ks == qseq || group_prefix) {
             let mut dot = 0.0f32;
             for e in 0..hd {
                 dot += qs[e] * kc[k_at + e];

@@ -302,8 +302,7 @@ impl AttnCtx<'_> {
                 .map(|&x| f16::from_f32(x).to_f32()),
         );
         let (qp, qseq) = (mask.query_pos[i], mask.query_seq[i]);
-        let visible =
-            |s: usize| mask.key_pos[s] <= qp && (mask.key_seq[s] == 0 || mask.key_seq[s] == qseq);
+        let visible = |s: usize| mask.key_pos[s] <= qp && super::sees(qseq, mask.key_seq[s]);
         // Scores of every slot (masked: -inf), as ggml's soft_max sees its row.
         sc.scores.clear();
         sc.scores.resize(n, f32::NEG_INFINITY);

@@ -62,8 +62,28 @@ pub struct Rope {
 }
 
 /// Which cache slots each query sees: slot `s` is visible to query `i` when
-/// `key_pos[s] <= query_pos[i]` and the slot belongs to the query's sequence or to the shared
-/// prefix (`key_seq[s] == 0`). Shared slices: one mask serves every layer of a forward pass.
+/// `key_pos[s] <= query_pos[i]` and [`sees`]`(query_seq[i], key_seq[s])`: the slot belongs to
+/// the query's sequence, to the shared prefix (`key_seq[s] == 0`), or to its group's prefix.
+/// Shared slices: one mask serves every layer of a forward pass.
+///
+/// Sequence ids are `group << SEQ_GROUP_SHIFT | branch`. Branch 0 of a group is that group's
+/// prefix, seen by every branch of the group: several prompts batched together (groups
+/// 1, 2, …), each followed by several continuations (branches 1, 2, …) that see their own
+/// prompt and themselves. Group 0 is the plain case: id 0 is the prefix every sequence sees.
+/// Bits of a sequence id below its group (see [`Visibility`]).
+pub const SEQ_GROUP_SHIFT: u32 = 16;
+
+/// Sequence id of `branch` in `group` (see [`Visibility`]).
+pub fn seq_id(group: u32, branch: u32) -> u32 {
+    (group << SEQ_GROUP_SHIFT) | branch
+}
+
+/// Whether a query of sequence `query` sees a slot of sequence `key` (positions aside).
+pub fn sees(query: u32, key: u32) -> bool {
+    let group_prefix = key & ((1 << SEQ_GROUP_SHIFT) - 1) == 0;
+    key == 0 || key == query || (group_prefix && key >> SEQ_GROUP_SHIFT == query >> SEQ_GROUP_SHIFT)
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Visibility {
     pub query_pos: Arc<[u32]>,

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::{Tensor, TensorData};
+use kiln_kernels::nn::seq_id;
 use kiln_models::llama::Output;
 
 use super::Llm;
@@ -191,98 +192,145 @@ impl<'a> Classifier<'a> {
         self.llm.prompt_tokens(&filled, chat, None)
     }
 
+    /// Classifies one query.
     pub fn classify(&self, query: &str) -> Result<Classification> {
+        self.classify_batch(&[query])?
+            .pop()
+            .unwrap_or_else(|| Err(usage("no result")))
+    }
+
+    /// Classifies several queries in one batch: their prompts run together (one sequence group
+    /// each), then every (query, label) continuation together, each seeing only its own prompt
+    /// and itself. Results are in query order; a bad query (empty) gets its own error and the
+    /// others go on. Each result's latency is the whole batch's.
+    pub fn classify_batch(&self, queries: &[&str]) -> Result<Vec<Result<Classification>>> {
         let t0 = Instant::now();
         let model = &self.llm.model;
-        let scores: Vec<f32> = match &self.scorer {
-            Scorer::Generative {
-                template,
-                chat,
-                label_tokens,
-            } => {
-                let prompt = self.prompt(template, *chat, query)?;
-                let n = prompt.len();
-                // Label j's tokens, all but its last, run as sequence j + 1 after the prompt.
-                let mut tokens = Vec::new();
-                let mut positions = Vec::new();
-                let mut seqs = Vec::new();
-                let mut rows_of = Vec::new(); // per label: the rows whose logits score its tokens 2..
-                for (j, lt) in label_tokens.iter().enumerate() {
-                    let mut rows = Vec::new();
-                    for (i, &tok) in lt[..lt.len() - 1].iter().enumerate() {
-                        rows.push(tokens.len());
-                        tokens.push(tok);
-                        positions.push((n + i) as u32);
-                        seqs.push(j as u32 + 1);
+        let (template, chat) = match &self.scorer {
+            Scorer::Generative { template, chat, .. } => (template, *chat),
+            Scorer::Head { template, .. } => (template, false),
+        };
+        let prompts: Vec<Result<Vec<u32>>> = queries
+            .iter()
+            .map(|q| self.prompt(template, chat, q))
+            .collect();
+        let ok: Vec<&Vec<u32>> = prompts.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let mut scores: Vec<Vec<f32>> = Vec::with_capacity(ok.len());
+        if !ok.is_empty() {
+            // Prompt g is branch 0 of group g + 1.
+            let mut tokens = Vec::new();
+            let mut positions = Vec::new();
+            let mut seqs = Vec::new();
+            let mut last = Vec::new();
+            for (g, p) in ok.iter().enumerate() {
+                tokens.extend_from_slice(p);
+                positions.extend(0..p.len() as u32);
+                seqs.extend(std::iter::repeat_n(seq_id(g as u32 + 1, 0), p.len()));
+                last.push(tokens.len() - 1);
+            }
+            match &self.scorer {
+                Scorer::Generative { label_tokens, .. } => {
+                    // Label j's tokens, all but its last, run as branch j + 1 after prompt g.
+                    let mut more = Vec::new();
+                    let mut more_pos = Vec::new();
+                    let mut more_seqs = Vec::new();
+                    // Per (prompt, label): the rows whose logits score the label's tokens 2..
+                    let mut rows_of: Vec<Vec<Vec<usize>>> = Vec::new();
+                    for (g, p) in ok.iter().enumerate() {
+                        let mut per_label = Vec::new();
+                        for (j, lt) in label_tokens.iter().enumerate() {
+                            let mut rows = Vec::new();
+                            for (i, &tok) in lt[..lt.len() - 1].iter().enumerate() {
+                                rows.push(more.len());
+                                more.push(tok);
+                                more_pos.push((p.len() + i) as u32);
+                                more_seqs.push(seq_id(g as u32 + 1, j as u32 + 1));
+                            }
+                            per_label.push(rows);
+                        }
+                        rows_of.push(per_label);
                     }
-                    rows_of.push(rows);
-                }
-                let mut cache = model.new_cache(n + tokens.len());
-                let pos: Vec<u32> = (0..n as u32).collect();
-                let first = model.forward(
-                    &prompt,
-                    &pos,
-                    &vec![0; n],
-                    &mut cache,
-                    &Output::Logits(vec![n - 1]),
-                )?;
-                let first = log_softmax(&super::floats(first)?);
-                let rest = if tokens.is_empty() {
-                    Vec::new()
-                } else {
-                    let all: Vec<usize> = (0..tokens.len()).collect();
-                    let l = model.forward(
+                    let mut cache = model.new_cache(tokens.len() + more.len());
+                    let first = model.forward(
                         &tokens,
                         &positions,
                         &seqs,
                         &mut cache,
-                        &Output::Logits(all),
+                        &Output::Logits(last),
                     )?;
-                    let v = super::floats(l)?;
-                    v.chunks_exact(model.config.vocab_size)
+                    let vocab = model.config.vocab_size;
+                    let first: Vec<Vec<f32>> = super::floats(first)?
+                        .chunks_exact(vocab)
                         .map(log_softmax)
-                        .collect::<Vec<_>>()
-                };
-                label_tokens
+                        .collect();
+                    let rest = if more.is_empty() {
+                        Vec::new()
+                    } else {
+                        let all: Vec<usize> = (0..more.len()).collect();
+                        let l = model.forward(
+                            &more,
+                            &more_pos,
+                            &more_seqs,
+                            &mut cache,
+                            &Output::Logits(all),
+                        )?;
+                        super::floats(l)?
+                            .chunks_exact(vocab)
+                            .map(log_softmax)
+                            .collect::<Vec<_>>()
+                    };
+                    for (first, per_label) in first.iter().zip(&rows_of) {
+                        scores.push(
+                            label_tokens
+                                .iter()
+                                .zip(per_label)
+                                .map(|(lt, rows)| {
+                                    let mut s = first[lt[0] as usize];
+                                    for (r, &tok) in rows.iter().zip(&lt[1..]) {
+                                        s += rest[*r][tok as usize];
+                                    }
+                                    s
+                                })
+                                .collect(),
+                        );
+                    }
+                }
+                Scorer::Head { score, .. } => {
+                    let mut cache = model.new_cache(tokens.len());
+                    let h = model.forward(
+                        &tokens,
+                        &positions,
+                        &seqs,
+                        &mut cache,
+                        &Output::Hidden(last),
+                    )?;
+                    let l = super::floats(h.matmul((**score).clone().transpose()))?;
+                    scores.extend(l.chunks_exact(self.labels.len()).map(<[f32]>::to_vec));
+                }
+            }
+        }
+        let latency_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut scores = scores.into_iter();
+        Ok(prompts
+            .into_iter()
+            .map(|p| {
+                p?;
+                let scores = scores.next().ok_or_else(|| usage("no result"))?;
+                let probabilities = softmax(&scores);
+                let best = probabilities
                     .iter()
-                    .zip(&rows_of)
-                    .map(|(lt, rows)| {
-                        let mut s = first[lt[0] as usize];
-                        for (r, &tok) in rows.iter().zip(&lt[1..]) {
-                            s += rest[*r][tok as usize];
-                        }
-                        s
-                    })
-                    .collect()
-            }
-            Scorer::Head { template, score } => {
-                let prompt = self.prompt(template, false, query)?;
-                let n = prompt.len();
-                let mut cache = model.new_cache(n);
-                let pos: Vec<u32> = (0..n as u32).collect();
-                let h = model.forward(
-                    &prompt,
-                    &pos,
-                    &vec![0; n],
-                    &mut cache,
-                    &Output::Hidden(vec![n - 1]),
-                )?;
-                super::floats(h.matmul((**score).clone().transpose()))?
-            }
-        };
-        let probabilities = softmax(&scores);
-        let best = probabilities
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i)
-            .unwrap_or(0);
-        Ok(Classification {
-            label: self.labels[best].clone(),
-            probabilities,
-            scores,
-            latency_ms: t0.elapsed().as_secs_f64() * 1e3,
-        })
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i)
+                    .unwrap_or(0);
+                Ok(Classification {
+                    label: self.labels[best].clone(),
+                    probabilities,
+                    scores,
+                    latency_ms,
+                })
+            })
+            .collect())
     }
 }
 
