@@ -69,6 +69,22 @@ pub fn device_has_planes(device: &burn::tensor::Device) -> bool {
     }
 }
 
+/// What a device's allocator holds, bytes: `(in_use, reserved)`, over every stream. `None` for
+/// the CPU backend (its memory is the process's: read the OS).
+pub fn device_memory(device: &burn::tensor::Device) -> Option<(u64, u64)> {
+    match device.as_dispatch() {
+        #[cfg(any(feature = "wgpu", feature = "cuda"))]
+        burn::backend::DispatchDevice::Cube(d) => {
+            let u = d
+                .client()
+                .memory_report(cubecl_runtime::memory_management::MemoryScope::Device)
+                .usage();
+            Some((u.bytes_in_use, u.bytes_reserved))
+        }
+        _ => None,
+    }
+}
+
 /// Shared memory per workgroup on a device, bytes (0 for the CPU backend).
 pub fn device_shared_memory(device: &burn::tensor::Device) -> usize {
     match device.as_dispatch() {

@@ -14,8 +14,11 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
+use kiln_kernels::QTensor;
 use kiln_kernels::cpu::gemm::Act;
 use kiln_kernels::encoder::{self, PackedLinear};
+use kiln_kernels::qmatmul::{qmatmul, qrows};
+use kiln_quant::GgmlType;
 
 use crate::{ModelError, Result};
 
@@ -166,18 +169,47 @@ impl LayerNorm {
     }
 }
 
-/// A dense layer, its weight laid out at load for Kiln's kernels on the model's device.
-struct Dense(PackedLinear);
+/// A dense layer, its weight laid out at load for Kiln's kernels on the model's device: f32
+/// packed for the encoder's fused dense kernel, or GGUF blocks (f16, q8_0) for Kiln's
+/// quantized matrix product (activations rounded to the weight's dot format, as llama.cpp
+/// does), then bias and GELU.
+enum Dense {
+    Packed(PackedLinear),
+    Blocks { w: QTensor, bias: Tensor<1> },
+}
 
 impl Dense {
     /// From PyTorch's `[out, in]` weight.
-    fn new(w: &[f32], b: Vec<f32>, out: usize, inp: usize, device: &Device) -> Result<Self> {
-        let t = transpose(w, out, inp);
-        Ok(Dense(PackedLinear::new(&t, b, inp, out, device)?))
+    fn new(
+        w: &[f32],
+        b: Vec<f32>,
+        out: usize,
+        inp: usize,
+        format: GgmlType,
+        device: &Device,
+    ) -> Result<Self> {
+        if format == GgmlType::F32 {
+            let t = transpose(w, out, inp);
+            return Ok(Dense::Packed(PackedLinear::new(&t, b, inp, out, device)?));
+        }
+        let bytes = kiln_quant::blocks::quantize_to_vec(format, w)?;
+        Ok(Dense::Blocks {
+            w: QTensor::from_blocks("dense", format, &[out, inp], &bytes, device)?,
+            bias: Tensor::from_data(TensorData::new(b, [out]), device),
+        })
     }
 
-    fn forward(&self, x: Tensor<2>, act: Act) -> Tensor<2> {
-        encoder::dense(x, &self.0, act)
+    fn forward(&self, x: Tensor<2>, act: Act) -> Result<Tensor<2>> {
+        match self {
+            Dense::Packed(p) => Ok(encoder::dense(x, p, act)),
+            Dense::Blocks { w, bias } => {
+                let y = qmatmul(x, w)? + bias.clone().unsqueeze::<2>();
+                Ok(match act {
+                    Act::Gelu => burn::tensor::activation::gelu(y),
+                    _ => y,
+                })
+            }
+        }
     }
 }
 
@@ -191,10 +223,20 @@ struct Layer {
     ffn_norm: LayerNorm,
 }
 
+/// The weight formats a BERT encoder loads as (the dense weights and the word-embedding
+/// table; position and token-type tables, LayerNorms and biases stay f32).
+pub const WEIGHT_FORMATS: [GgmlType; 3] = [GgmlType::F32, GgmlType::F16, GgmlType::Q8_0];
+
+/// The word-embedding table: f32, or GGUF blocks read by row.
+enum WordTable {
+    F32(Tensor<2>),
+    Blocks(QTensor),
+}
+
 /// A loaded BERT encoder on one device.
 pub struct Bert {
     config: BertConfig,
-    word: Tensor<2>,
+    word: WordTable,
     position: Tensor<2>,
     token_type: Tensor<2>,
     emb_norm: LayerNorm,
@@ -295,11 +337,17 @@ fn transpose(w: &[f32], out: usize, inp: usize) -> Vec<f32> {
 impl Bert {
     /// Loads `config.json` and `model.safetensors` from a Hugging Face model directory.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_as(dir, device, GgmlType::F32)
+    }
+
+    /// [`Bert::load`] with the dense weights and the word-embedding table converted to
+    /// `format` ([`WEIGHT_FORMATS`]: f32, f16, q8_0) as they load.
+    pub fn load_as(dir: &Path, device: &Device, format: GgmlType) -> Result<Self> {
         let config = BertConfig::from_file(&dir.join("config.json"))?;
         let path = dir.join("model.safetensors");
         let bytes = std::fs::read(&path)
             .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
-        Self::from_safetensors(config, &bytes, &path, device)
+        Self::from_safetensors_as(config, &bytes, &path, device, format)
     }
 
     /// Builds the encoder from safetensors bytes (`path` only names them in errors).
@@ -309,7 +357,36 @@ impl Bert {
         path: &Path,
         device: &Device,
     ) -> Result<Self> {
+        Self::from_safetensors_as(config, bytes, path, device, GgmlType::F32)
+    }
+
+    /// [`Bert::from_safetensors`] with weights in `format` (see [`Bert::load_as`]).
+    pub fn from_safetensors_as(
+        config: BertConfig,
+        bytes: &[u8],
+        path: &Path,
+        device: &Device,
+        format: GgmlType,
+    ) -> Result<Self> {
         config.check()?;
+        if !WEIGHT_FORMATS.contains(&format) {
+            return Err(ModelError::Config(format!(
+                "BERT weights as {}: Kiln runs f32, f16 or q8_0",
+                format.name()
+            )));
+        }
+        if format != GgmlType::F32
+            && (!config.hidden_size.is_multiple_of(format.block_size())
+                || !config.intermediate_size.is_multiple_of(format.block_size()))
+        {
+            return Err(ModelError::Config(format!(
+                "BERT weights as {}: widths {} and {} are not whole {}-value blocks",
+                format.name(),
+                config.hidden_size,
+                config.intermediate_size,
+                format.block_size()
+            )));
+        }
         let mut w = Weights::new(bytes, path)?;
         let h = config.hidden_size;
         let ff = config.intermediate_size;
@@ -331,14 +408,22 @@ impl Bert {
         let dense = |w: &mut Weights, name: &str, out: usize, inp: usize| -> Result<Dense> {
             let weight = w.get(&format!("{name}.weight"), &[out, inp])?;
             let bias = w.get(&format!("{name}.bias"), &[out])?;
-            Dense::new(&weight, bias, out, inp, device)
+            Dense::new(&weight, bias, out, inp, format, device)
         };
 
-        let word = t2(
-            w.get("embeddings.word_embeddings.weight", &[config.vocab_size, h])?,
-            config.vocab_size,
-            h,
-        );
+        let word_f32 = w.get("embeddings.word_embeddings.weight", &[config.vocab_size, h])?;
+        let word = if format == GgmlType::F32 {
+            WordTable::F32(t2(word_f32, config.vocab_size, h))
+        } else {
+            let bytes = kiln_quant::blocks::quantize_to_vec(format, &word_f32)?;
+            WordTable::Blocks(QTensor::from_blocks(
+                "embeddings.word_embeddings.weight",
+                format,
+                &[config.vocab_size, h],
+                &bytes,
+                device,
+            )?)
+        };
         let position = t2(
             w.get(
                 "embeddings.position_embeddings.weight",
@@ -368,7 +453,7 @@ impl Bert {
                 qkv_b.extend(w.get(&format!("{p}.attention.self.{part}.bias"), &[h])?);
             }
             layers.push(Layer {
-                qkv: Dense::new(&qkv_w, qkv_b, 3 * h, h, device)?,
+                qkv: Dense::new(&qkv_w, qkv_b, 3 * h, h, format, device)?,
                 attn_out: dense(&mut w, &format!("{p}.attention.output.dense"), h, h)?,
                 attn_norm: norm(&mut w, &format!("{p}.attention.output.LayerNorm"))?,
                 ffn_up: dense(&mut w, &format!("{p}.intermediate.dense"), ff, h)?,
@@ -445,20 +530,24 @@ impl Bert {
         let rows = |table: &Tensor<2>, idx: &[u32]| table.clone().select(0, ids(idx));
 
         // Embeddings: LayerNorm(word + token type + position).
-        let x = rows(&self.word, &batch.ids) + rows(&self.token_type, &batch.type_ids);
+        let word = match &self.word {
+            WordTable::F32(t) => rows(t, &batch.ids),
+            WordTable::Blocks(q) => qrows(q, &batch.ids)?,
+        };
+        let x = word + rows(&self.token_type, &batch.type_ids);
         let mut x = self.emb_norm.forward(x, rows(&self.position, &positions));
 
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(x.clone(), Act::None); // [b·s, 3h]
+            let qkv = layer.qkv.forward(x.clone(), Act::None)?; // [b·s, 3h]
             // Keys past a row's length are masked inside the kernel.
             let ctx = encoder::self_attention(qkv, &batch.lengths, s, nh, hd);
             x = layer
                 .attn_norm
-                .forward(layer.attn_out.forward(ctx, Act::None), x);
-            let up = layer.ffn_up.forward(x.clone(), Act::Gelu);
+                .forward(layer.attn_out.forward(ctx, Act::None)?, x);
+            let up = layer.ffn_up.forward(x.clone(), Act::Gelu)?;
             x = layer
                 .ffn_norm
-                .forward(layer.ffn_down.forward(up, Act::None), x);
+                .forward(layer.ffn_down.forward(up, Act::None)?, x);
         }
         Ok(x.reshape([b, s, h]))
     }

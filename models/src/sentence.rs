@@ -41,13 +41,19 @@ pub struct SentenceModel {
 impl SentenceModel {
     /// Loads a Hugging Face / sentence-transformers model directory onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_as(dir, device, kiln_quant::GgmlType::F32)
+    }
+
+    /// [`SentenceModel::load`] with the encoder's weights converted to `format` as they load
+    /// (f32, f16, q8_0: [`crate::bert::WEIGHT_FORMATS`]).
+    pub fn load_as(dir: &Path, device: &Device, format: kiln_quant::GgmlType) -> Result<Self> {
         if !dir.is_dir() {
             return Err(ModelError::Config(format!(
                 "{}: not a model directory",
                 dir.display()
             )));
         }
-        let bert = Bert::load(dir, device)?;
+        let bert = Bert::load_as(dir, device, format)?;
         let (pooling, normalize) = read_pipeline(dir)?;
         let max_positions = bert.config().max_position_embeddings;
         let max_seq_length = read_max_seq_length(dir)?

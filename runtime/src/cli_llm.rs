@@ -41,38 +41,26 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
 impl ModelArgs {
     fn load(&self) -> Result<Llm> {
         set_threads(self.threads)?;
-        if !self.model.exists() {
-            return Err(RuntimeError::Usage(format!(
-                "{}: no such file",
-                self.model.display()
-            )));
-        }
-        let plan = kiln_runtime::plan::plan_for_file(&self.model, &self.device, None)?;
-        let kiln_runtime::plan::Kernels::Gpu(kernels) = &plan.kernels else {
-            return Llm::load(&self.model, &burn::tensor::Device::flex());
+        let devices = if self.device == "cpu" {
+            kiln_runtime::Devices::cpu_only()
+        } else {
+            kiln_runtime::probe_devices()
         };
-        let devices = kiln_runtime::probe_devices();
-        let info = devices.find(&plan.device.to_string())?;
-        let device = info.burn_device()?;
-        let mut llm = Llm::load(&self.model, &device)?;
-        llm.model.softmax = kernels.softmax;
-        // The plan's mat-vec variant is the policy's guess; a measurement on this device
-        // (once, then from the cache) decides.
-        let tuned =
-            kiln_runtime::tune::tune_matvec(info, &device, &kiln_runtime::tune::cache_dir())?;
-        eprintln!(
-            "kiln: {} ({}): mat-vec variant {:?} ({})",
-            plan.device,
-            info.name,
-            tuned.reduction,
-            if tuned.from_cache {
-                format!("tuned earlier: {}", tuned.path.display())
-            } else {
-                "tuned now".to_string()
-            }
-        );
-        llm.model.reduction = tuned.reduction;
-        Ok(llm)
+        let loaded = kiln_runtime::llm::load_planned(&self.model, &self.device, &devices)?;
+        if let Some(tuned) = &loaded.tuned {
+            eprintln!(
+                "kiln: {} ({}): mat-vec variant {:?} ({})",
+                loaded.plan.device,
+                loaded.device.name,
+                tuned.reduction,
+                if tuned.from_cache {
+                    format!("tuned earlier: {}", tuned.path.display())
+                } else {
+                    "tuned now".to_string()
+                }
+            );
+        }
+        Ok(loaded.llm)
     }
 }
 

@@ -301,6 +301,16 @@ pub struct Devices {
 }
 
 impl Devices {
+    /// The CPU alone, without probing GPUs.
+    pub fn cpu_only() -> Self {
+        Devices {
+            devices: vec![DeviceInfo::cpu()],
+            notes: vec![],
+            kiln_version: env!("CARGO_PKG_VERSION"),
+            backends_built: vec!["cpu (flex)"],
+        }
+    }
+
     pub fn get(&self, id: DeviceId) -> Option<&DeviceInfo> {
         self.devices.iter().find(|d| d.id == id)
     }

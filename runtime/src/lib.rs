@@ -12,6 +12,7 @@ pub mod llm;
 pub mod models_dir;
 pub mod plan;
 pub mod quantize;
+pub mod tradeoffs;
 pub mod tune;
 
 pub use devices::{DeviceClass, DeviceId, DeviceInfo, Devices, probe_devices};

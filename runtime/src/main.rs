@@ -11,6 +11,7 @@ use kiln_runtime::{RuntimeError, probe_devices};
 
 mod cli_embed;
 mod cli_llm;
+mod cli_tradeoffs;
 
 /// Kiln: an inference runtime for e-commerce search and recommendation models.
 #[derive(Parser)]
@@ -83,6 +84,13 @@ enum Command {
     /// Embed the texts of a JSONL, CSV or Parquet file into Parquet or .npy: resumable after a
     /// kill, bad records to an errors file, a progress bar.
     Embed(cli_embed::EmbedArgs),
+    /// Which weight format to deploy on which device: every format measured on every device for
+    /// speed, memory and accuracy, with a report (JSON, Markdown, SVG plots) and a
+    /// recommendation per device that `kiln plan` then follows.
+    Tradeoffs(cli_tradeoffs::TradeoffsArgs),
+    /// One cell of `kiln tradeoffs`, run in a child process.
+    #[command(hide = true)]
+    TradeoffsCell(cli_tradeoffs::CellArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -121,6 +129,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             what: BenchCommand::Embed(args),
         } => cli_embed::bench(args)?,
         Command::Embed(args) => cli_embed::embed(args)?,
+        Command::Tradeoffs(args) => cli_tradeoffs::tradeoffs(args)?,
+        Command::TradeoffsCell(args) => cli_tradeoffs::cell(args)?,
         Command::Plan {
             model,
             device,

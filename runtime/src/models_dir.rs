@@ -15,6 +15,17 @@ pub fn models_dir() -> PathBuf {
     home.join(".cache").join("kiln").join("models")
 }
 
+/// Where Kiln keeps what it measures and makes (tuning results, model variants, trade-off
+/// records): `$KILN_CACHE`, else the parent of [`models_dir`] (`~/.cache/kiln`).
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KILN_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    models_dir()
+        .parent()
+        .map_or_else(|| PathBuf::from(".kiln-cache"), PathBuf::from)
+}
+
 /// The fixture models that `scripts/fetch-models.sh` installs, by short name.
 pub const FIXTURES: &[(&str, &str)] = &[
     (

@@ -37,6 +37,9 @@ use crate::{Result, RuntimeError};
 pub struct DeviceFacts {
     pub id: DeviceId,
     pub name: String,
+    /// Stable name across runs (graphics API, adapter, driver): what measurements are kept
+    /// under ([`crate::tune::device_key`]).
+    pub key: String,
     pub class: DeviceClass,
     /// Memory the model may use: device memory for a GPU that reports it, RAM for the CPU.
     pub memory_bytes: Option<u64>,
@@ -55,6 +58,7 @@ impl From<&DeviceInfo> for DeviceFacts {
         DeviceFacts {
             id: d.id,
             name: d.name.clone(),
+            key: crate::tune::device_key(d),
             class: d.class,
             memory_bytes: d
                 .memory_bytes
@@ -85,6 +89,8 @@ pub struct ModelFacts {
     pub kv_bytes_per_token: u64,
     /// Context the plan budgets memory for.
     pub context: usize,
+    /// The formats `kiln tradeoffs` recommended for this file (by content), per device key.
+    pub measured: Vec<Measured>,
 }
 
 /// Context budgeted when the model's is longer (intent classification prompts are short).
@@ -127,6 +133,7 @@ impl ModelFacts {
             largest_tensor_bytes: largest,
             kv_bytes_per_token: kv,
             context: cfg.context_length.min(DEFAULT_CONTEXT),
+            measured: Vec::new(),
         })
     }
 
@@ -140,6 +147,162 @@ fn add_bytes(v: &mut Vec<(GgmlType, u64)>, ty: GgmlType, bytes: u64) {
         Some((_, b)) => *b += bytes,
         None => v.push((ty, bytes)),
     }
+}
+
+/// A format `kiln tradeoffs` measured and recommended for a model on one device.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct Measured {
+    /// [`DeviceFacts::key`].
+    pub device_key: String,
+    pub device_name: String,
+    pub format: String,
+    pub reason: String,
+    pub rejected: Vec<(String, String)>,
+    /// The report the measurement is in.
+    pub report: String,
+}
+
+/// One variant's measurements, as [`recommend`] reads them.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct Candidate {
+    pub format: String,
+    /// Median speed: decode tokens/s (LLMs), texts/s (encoders).
+    pub speed: f64,
+    /// Accuracy lost against the reference variant: `1 − top-1 agreement` (LLMs),
+    /// `1 − mean cosine` (encoders).
+    pub loss: f64,
+    /// Memory the variant needs (peak resident, or device memory in use).
+    pub memory_bytes: u64,
+}
+
+/// How a recommendation names speed and loss.
+pub struct Wording {
+    pub speed: &'static str,
+    pub unit: &'static str,
+    pub loss: &'static str,
+}
+
+/// LLMs: decode speed, top-1 disagreement.
+pub const LLM_WORDING: Wording = Wording {
+    speed: "decode speed",
+    unit: "tokens/s",
+    loss: "top-1 disagreement",
+};
+
+/// The recommendation: the format and why, with the rejected alternatives.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct Recommendation {
+    pub format: String,
+    pub reason: String,
+    pub rejected: Vec<(String, String)>,
+}
+
+/// The trade-off rule (`kiln tradeoffs` recommends with it, and `kiln plan` follows what it
+/// recommended): among the variants whose loss against the reference is within `max_loss`,
+/// the fastest; equal speeds go to the smaller. `reference` is the highest-precision variant
+/// measured (its loss is 0 by definition).
+pub fn recommend(
+    candidates: &[Candidate],
+    reference: &str,
+    max_loss: f64,
+    w: &Wording,
+) -> Option<Recommendation> {
+    let within = |c: &&Candidate| c.loss <= max_loss;
+    let best = candidates.iter().filter(within).max_by(|a, b| {
+        a.speed
+            .total_cmp(&b.speed)
+            .then(b.memory_bytes.cmp(&a.memory_bytes))
+    })?;
+    let refc = candidates.iter().find(|c| c.format == reference);
+    let pct = |x: f64| format!("{:.2}%", 100.0 * x);
+    let reason = match refc {
+        Some(r) if best.format != reference => format!(
+            "{}: {:.2}× the {} of {} ({:.1} vs {:.1} {}), {} {}, within --max-loss {}",
+            best.format,
+            best.speed / r.speed,
+            w.speed,
+            reference,
+            best.speed,
+            r.speed,
+            w.unit,
+            pct(best.loss),
+            w.loss,
+            pct(max_loss)
+        ),
+        _ => format!(
+            "{}: the reference (highest precision measured); no faster format stays within --max-loss {}",
+            best.format,
+            pct(max_loss)
+        ),
+    };
+    let rejected = candidates
+        .iter()
+        .filter(|c| c.format != best.format)
+        .map(|c| {
+            let why = if c.loss > max_loss {
+                format!(
+                    "{} {} exceeds --max-loss {} ({:.1} {})",
+                    pct(c.loss),
+                    w.loss,
+                    pct(max_loss),
+                    c.speed,
+                    w.unit
+                )
+            } else {
+                format!(
+                    "{:.1} {}, slower than {}'s {:.1} ({} {})",
+                    c.speed,
+                    w.unit,
+                    best.format,
+                    best.speed,
+                    pct(c.loss),
+                    w.loss
+                )
+            };
+            (c.format.clone(), why)
+        })
+        .collect();
+    Some(Recommendation {
+        format: best.format.clone(),
+        reason,
+        rejected,
+    })
+}
+
+/// Where `kiln tradeoffs` keeps its recommendations for `kiln plan`.
+pub fn measured_dir() -> std::path::PathBuf {
+    crate::models_dir::cache_root()
+        .join("tradeoffs")
+        .join("recommended")
+}
+
+/// The recommendations kept for a model file (by content hash), per device.
+pub fn read_measured(hash: &str) -> Vec<Measured> {
+    std::fs::read_to_string(measured_dir().join(format!("{hash}.json")))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Keeps `entries` for a model file, replacing earlier ones for the same devices.
+pub fn write_measured(hash: &str, entries: &[Measured]) -> Result<()> {
+    let dir = measured_dir();
+    let path = dir.join(format!("{hash}.json"));
+    let mut all = read_measured(hash);
+    all.retain(|m| entries.iter().all(|e| e.device_key != m.device_key));
+    all.extend(entries.iter().cloned());
+    let io = |source| RuntimeError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
+    std::fs::write(
+        &tmp,
+        serde_json::to_string_pretty(&all).expect("measurements serialize"),
+    )
+    .map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)
 }
 
 /// What the user fixed.
@@ -215,7 +378,8 @@ const TILE_INVOCATIONS: u32 = kiln_kernels::qmatmul::TILED_CUBE_UNITS;
 const MATVEC_UNITS: u32 = kiln_kernels::qmatmul::MATVEC_CUBE_UNITS;
 
 /// The weight formats Kiln's kernels read on a device.
-fn runs_on(device: &DeviceFacts, ty: GgmlType) -> bool {
+/// Whether Kiln has kernels for `ty` weights on `device`.
+pub fn runs_on(device: &DeviceFacts, ty: GgmlType) -> bool {
     match device.id {
         DeviceId::Cpu => kiln_kernels::cpu::MATMUL_TYPES.contains(&ty),
         _ => kiln_kernels::CUBE_TYPES.contains(&ty),
@@ -369,6 +533,63 @@ fn rank(device: &DeviceFacts) -> (u8, &'static str) {
     }
 }
 
+/// The format when nothing was measured: the file's own (or the one asked for), naming the
+/// faster format for the device from [`decode_ranking`].
+fn format_from_file(
+    device: &DeviceFacts,
+    model: &ModelFacts,
+    format: GgmlType,
+    asked: bool,
+    choices: &mut Vec<Choice>,
+) -> (GgmlType, bool) {
+    let (ranking, evidence) = decode_ranking(device);
+    let fastest = ranking
+        .iter()
+        .copied()
+        .find(|&t| runs_on(device, t))
+        .unwrap_or(format);
+    let needs_conversion = format != model.main_format;
+    let mut rejected: Vec<(String, String)> = Vec::new();
+    if fastest != format {
+        rejected.push((
+            fastest.name().to_string(),
+            format!(
+                "decodes faster here ({evidence}), but {} needs `kiln quantize --type {}` first and its accuracy measured (`kiln tradeoffs`)",
+                model.name,
+                fastest.name()
+            ),
+        ));
+    }
+    choices.push(Choice {
+        what: "format",
+        chosen: format.name().to_string(),
+        why: if asked {
+            format!(
+                "asked for with --format{}",
+                if needs_conversion {
+                    format!(
+                        " (the file holds {}: convert it with `kiln quantize`)",
+                        model.main_format.name()
+                    )
+                } else {
+                    String::new()
+                }
+            )
+        } else {
+            format!(
+                "the file's format; Kiln's {} kernels read its blocks directly",
+                if device.id == DeviceId::Cpu {
+                    "CPU"
+                } else {
+                    "GPU"
+                }
+            )
+        },
+        rejected,
+    });
+    (format, needs_conversion)
+}
+
 /// The dispatch policy: device, kernels and weight format for `model` among `devices`.
 pub fn plan(devices: &[DeviceFacts], model: &ModelFacts, ov: &Overrides) -> Result<Plan> {
     let format = ov.format.unwrap_or(model.main_format);
@@ -430,52 +651,41 @@ pub fn plan(devices: &[DeviceFacts], model: &ModelFacts, ov: &Overrides) -> Resu
         best
     };
 
-    // Format.
-    let (ranking, evidence) = decode_ranking(device);
-    let fastest = ranking
+    // Format: a format `kiln tradeoffs` measured and recommended for this file on this device
+    // comes first (the one source of truth for both commands), then the file's own.
+    let measured = model
+        .measured
         .iter()
-        .copied()
-        .find(|&t| runs_on(device, t))
-        .unwrap_or(format);
-    let needs_conversion = format != model.main_format;
-    let mut rejected: Vec<(String, String)> = Vec::new();
-    if fastest != format {
-        rejected.push((
-            fastest.name().to_string(),
-            format!(
-                "decodes faster here ({evidence}), but {} needs `kiln quantize --type {}` first and its accuracy measured (`kiln tradeoffs`)",
-                model.name,
-                fastest.name()
-            ),
-        ));
-    }
-    choices.push(Choice {
-        what: "format",
-        chosen: format.name().to_string(),
-        why: if ov.format.is_some() {
-            format!(
-                "asked for with --format{}",
+        .find(|m| m.device_key == device.key)
+        .and_then(|m| GgmlType::from_name(&m.format).map(|t| (t, m)))
+        .filter(|(t, _)| runs_on(device, *t));
+    let (format, needs_conversion) = if ov.format.is_none()
+        && let Some((chosen, m)) = measured
+    {
+        let needs_conversion = chosen != model.main_format;
+        choices.push(Choice {
+            what: "format",
+            chosen: chosen.name().to_string(),
+            why: format!(
+                "measured here by `kiln tradeoffs` ({}): {}{}",
+                m.report,
+                m.reason,
                 if needs_conversion {
                     format!(
-                        " (the file holds {}: convert it with `kiln quantize`)",
-                        model.main_format.name()
+                        "; the file holds {}: convert it with `kiln quantize --type {}`",
+                        model.main_format.name(),
+                        chosen.name()
                     )
                 } else {
                     String::new()
                 }
-            )
-        } else {
-            format!(
-                "the file's format; Kiln's {} kernels read its blocks directly",
-                if device.id == DeviceId::Cpu {
-                    "CPU"
-                } else {
-                    "GPU"
-                }
-            )
-        },
-        rejected,
-    });
+            ),
+            rejected: m.rejected.clone(),
+        });
+        (chosen, needs_conversion)
+    } else {
+        format_from_file(device, model, format, ov.format.is_some(), &mut choices)
+    };
 
     // Kernels.
     let kernels = if device.id == DeviceId::Cpu {
@@ -566,7 +776,27 @@ pub fn plan(devices: &[DeviceFacts], model: &ModelFacts, ov: &Overrides) -> Resu
 /// Plans `model` (a GGUF file) on this machine's devices. `device`: `auto` or a device name
 /// (`cpu`, `wgpu[:N]`, `cuda[:N]`); `format`: a ggml type name. `cpu` skips probing the GPUs.
 pub fn plan_for_file(model: &Path, device: &str, format: Option<&str>) -> Result<Plan> {
-    let facts = ModelFacts::from_gguf(model)?;
+    let devices = match device {
+        "cpu" => vec![DeviceInfo::cpu()],
+        _ => crate::probe_devices().devices,
+    };
+    plan_on(model, &devices, device, format)
+}
+
+/// [`plan_for_file`] among devices probed already.
+pub fn plan_on(
+    model: &Path,
+    devices: &[DeviceInfo],
+    device: &str,
+    format: Option<&str>,
+) -> Result<Plan> {
+    let mut facts = ModelFacts::from_gguf(model)?;
+    // Hashing the file is only worth it when something was measured at all.
+    if std::fs::read_dir(measured_dir()).is_ok_and(|mut d| d.next().is_some()) {
+        let hash =
+            crate::tradeoffs::variants::content_hash(model, &crate::models_dir::cache_root())?;
+        facts.measured = read_measured(&hash);
+    }
     let format = format
         .map(|name| {
             GgmlType::from_name(name).ok_or_else(|| {
@@ -574,13 +804,9 @@ pub fn plan_for_file(model: &Path, device: &str, format: Option<&str>) -> Result
             })
         })
         .transpose()?;
-    let (devices, wanted) = match device {
-        "auto" => (crate::probe_devices().devices, None),
-        "cpu" => (vec![DeviceInfo::cpu()], Some(DeviceId::Cpu)),
-        name => {
-            let id: DeviceId = name.parse()?;
-            (crate::probe_devices().devices, Some(id))
-        }
+    let wanted = match device {
+        "auto" => None,
+        name => Some(name.parse::<DeviceId>()?),
     };
     let facts_of: Vec<DeviceFacts> = devices.iter().map(DeviceFacts::from).collect();
     plan(
@@ -658,6 +884,7 @@ mod tests {
         DeviceFacts {
             id: DeviceId::Cpu,
             name: "made-up CPU".into(),
+            key: "flex-made-up-cpu".into(),
             class: DeviceClass::Cpu,
             memory_bytes: Some(16 * GIB),
             max_binding_bytes: None,
@@ -673,6 +900,7 @@ mod tests {
         DeviceFacts {
             id,
             name: format!("made-up {class}"),
+            key: format!("made-up-{class}-{id}"),
             class,
             memory_bytes: Some(mem),
             max_binding_bytes: Some(mem.min(2 * GIB)),
@@ -705,6 +933,7 @@ mod tests {
             largest_tensor_bytes: weight_bytes / 5,
             kv_bytes_per_token: 2 * 16 * 512 * 4,
             context: DEFAULT_CONTEXT,
+            measured: vec![],
         }
     }
 
@@ -871,5 +1100,80 @@ mod tests {
                 .1
                 .contains("storage binding")
         );
+    }
+
+    fn cand(format: &str, tps: f64, dis: f64, mem: u64) -> Candidate {
+        Candidate {
+            format: format.into(),
+            speed: tps,
+            loss: dis,
+            memory_bytes: mem,
+        }
+    }
+
+    fn recommend(c: &[Candidate], r: &str, max: f64) -> Option<Recommendation> {
+        super::recommend(c, r, max, &LLM_WORDING)
+    }
+
+    #[test]
+    fn recommendation_is_the_fastest_within_the_loss_budget() {
+        let c = [
+            cand("f16", 100.0, 0.0, 300),
+            cand("q8_0", 150.0, 0.004, 160),
+            cand("q4_0", 260.0, 0.08, 90),
+        ];
+        let r = recommend(&c, "f16", 0.01).unwrap();
+        assert_eq!(r.format, "q8_0");
+        assert!(
+            r.reason.contains("1.50× the decode speed of f16"),
+            "{}",
+            r.reason
+        );
+        assert!(
+            r.reason.contains("0.40% top-1 disagreement"),
+            "{}",
+            r.reason
+        );
+        let q4 = r.rejected.iter().find(|(f, _)| f == "q4_0").unwrap();
+        assert!(q4.1.contains("exceeds --max-loss"), "{}", q4.1);
+        // A looser budget takes q4_0; a zero budget keeps the reference.
+        assert_eq!(recommend(&c, "f16", 0.1).unwrap().format, "q4_0");
+        let r = recommend(&c, "f16", 0.0).unwrap();
+        assert_eq!(r.format, "f16");
+        assert!(r.reason.contains("the reference"));
+        // Equal speeds: the smaller variant.
+        let tie = [cand("a", 100.0, 0.0, 300), cand("b", 100.0, 0.0, 200)];
+        assert_eq!(recommend(&tie, "a", 0.01).unwrap().format, "b");
+        assert!(recommend(&[], "f16", 0.01).is_none());
+    }
+
+    #[test]
+    fn the_plan_follows_a_measured_recommendation_for_its_device_only() {
+        let mut m = llama_1b(GgmlType::Q8_0);
+        let cpu = cpu(true);
+        m.measured = vec![Measured {
+            device_key: cpu.key.clone(),
+            device_name: cpu.name.clone(),
+            format: "q4_0".into(),
+            reason: "q4_0: 2.00× the decode speed of f16".into(),
+            rejected: vec![("q8_0".into(), "slower".into())],
+            report: "out/report.json".into(),
+        }];
+        let p = plan(std::slice::from_ref(&cpu), &m, &Overrides::default()).unwrap();
+        assert_eq!(p.format, GgmlType::Q4_0);
+        assert!(p.needs_conversion);
+        let f = choice(&p, "format");
+        assert!(f.why.contains("kiln tradeoffs") && f.why.contains("kiln quantize --type q4_0"));
+        // --format wins over the measurement; another device has no measurement.
+        let ov = Overrides {
+            device: None,
+            format: Some(GgmlType::Q8_0),
+        };
+        assert_eq!(
+            plan(std::slice::from_ref(&cpu), &m, &ov).unwrap().format,
+            GgmlType::Q8_0
+        );
+        let p = plan(&[t4()], &m, &Overrides::default()).unwrap();
+        assert_eq!(p.format, GgmlType::Q8_0);
     }
 }

@@ -25,12 +25,7 @@ use crate::{Result, RuntimeError};
 
 /// Where tuning results live: `$KILN_CACHE/tune`, else `~/.cache/kiln/tune`.
 pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KILN_CACHE").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("tune");
-    }
-    crate::models_dir::models_dir()
-        .parent()
-        .map_or_else(|| PathBuf::from(".kiln-tune"), |p| p.join("tune"))
+    crate::models_dir::cache_root().join("tune")
 }
 
 /// The file name a device's results are kept under.

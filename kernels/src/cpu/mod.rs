@@ -404,12 +404,34 @@ pub fn qmatmul(
     if m == 1 {
         return out_t;
     }
-    let mut out = vec![0.0f32; m * n];
-    for (j, col) in out_t.chunks_exact(m).enumerate() {
-        for (i, v) in col.iter().enumerate() {
-            out[i * n + j] = *v;
+    transpose(&out_t, n, m)
+}
+
+/// `src` `[rows, cols]` → `[cols, rows]`, the output rows shared among the pool's threads and
+/// walked in 16-column strips, so that each write fills a cache line and the 16 source rows a
+/// strip reads stay cached (the plain double loop thrashed on prompt-sized batches).
+fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const STRIP: usize = 16;
+    let mut out = vec![0.0f32; rows * cols];
+    let pool = pool::pool();
+    let threads = pool.threads();
+    let parts: Vec<Mutex<&mut [f32]>> = split_rows(&mut out, rows, cols, threads)
+        .into_iter()
+        .map(Mutex::new)
+        .collect();
+    pool.run(&|t: usize| {
+        let mine = pool::share(cols, threads, t);
+        let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
+        for j0 in (0..rows).step_by(STRIP) {
+            let j1 = (j0 + STRIP).min(rows);
+            for (r, i) in mine.clone().enumerate() {
+                let dst = &mut part[r * rows + j0..r * rows + j1];
+                for (d, j) in dst.iter_mut().zip(j0..j1) {
+                    *d = src[j * cols + i];
+                }
+            }
         }
-    }
+    });
     out
 }
 

@@ -131,11 +131,17 @@ impl NnOps for Flex {
         } else {
             SumOrder::VecDot
         };
+        // Every layer of a forward pass shares the mask: the block lists are made once.
+        let blocks = mask.device_copy.get_or::<std::sync::Arc<Vec<Vec<u32>>>>(
+            |b| b.len() == t,
+            || std::sync::Arc::new(visible_blocks(&mask, t, n)),
+        );
         let ctx = AttnCtx {
             qs,
             kf: &kf,
             vt: &vt,
             mask: &mask,
+            blocks: &blocks,
             heads,
             group,
             d,
@@ -271,6 +277,8 @@ struct AttnCtx<'a> {
     /// V as f32, transposed: `[kv head][d][slot]`.
     vt: &'a [f32],
     mask: &'a Visibility,
+    /// Per query, the 64-slot blocks holding a slot it sees ([`visible_blocks`]).
+    blocks: &'a [Vec<u32>],
     heads: usize,
     group: usize,
     d: usize,
@@ -303,19 +311,28 @@ impl AttnCtx<'_> {
         );
         let (qp, qseq) = (mask.query_pos[i], mask.query_seq[i]);
         let visible = |s: usize| mask.key_pos[s] <= qp && super::sees(qseq, mask.key_seq[s]);
-        // Scores of every slot (masked: -inf), as ggml's soft_max sees its row.
+        // Scores of every slot (masked: -inf), as ggml's soft_max sees its row — but only in
+        // the 64-slot blocks holding a visible slot, laid side by side. Every other block
+        // holds probability 0, and 64 is a multiple of the 16 lanes of every sum below, so
+        // each slot keeps its lane and the results are bit-identical to summing the whole
+        // row; other sequences of a batch cost nothing.
+        let blocks = &self.blocks[i];
+        let m = blocks.len() * 64;
         sc.scores.clear();
-        sc.scores.resize(n, f32::NEG_INFINITY);
-        sc.prods.resize(d.max(n), 0.0);
+        sc.scores.resize(m, f32::NEG_INFINITY);
+        sc.prods.resize(d.max(m), 0.0);
         let mut max = f32::NEG_INFINITY;
-        for s in (0..n).filter(|&s| visible(s)) {
-            let kr = &self.kf[s * row + kvh * d..][..d];
-            for ((p, k), q) in sc.prods[..d].iter_mut().zip(kr).zip(&sc.q) {
-                *p = k * q;
+        for (j, &b) in blocks.iter().enumerate() {
+            let s0 = b as usize * 64;
+            for s in (s0..(s0 + 64).min(n)).filter(|&s| visible(s)) {
+                let kr = &self.kf[s * row + kvh * d..][..d];
+                for ((p, k), q) in sc.prods[..d].iter_mut().zip(kr).zip(&sc.q) {
+                    *p = k * q;
+                }
+                let score = ggml_order(&sc.prods[..d], self.order) * mask.scale;
+                sc.scores[j * 64 + s - s0] = score;
+                max = max.max(score);
             }
-            let score = ggml_order(&sc.prods[..d], self.order) * mask.scale;
-            sc.scores[s] = score;
-            max = max.max(score);
         }
         // ggml_vec_soft_max_f32: exp by 16-lane chunks, each chunk reduced in f32 and summed
         // in f64; then the probabilities are rounded to f16 as ggml's f16 mul_mat does.
@@ -328,13 +345,50 @@ impl AttnCtx<'_> {
         // Slots after the last visible one hold probability 0 and add nothing.
         let used = probs.iter().rposition(|&p| p != 0.0).map_or(0, |i| i + 1);
         for (e, o) in o.iter_mut().enumerate() {
-            let vr = &self.vt[(kvh * d + e) * n..][..used];
-            for ((x, p), v) in sc.prods[..used].iter_mut().zip(probs).zip(vr) {
-                *x = p * v;
+            let vr = &self.vt[(kvh * d + e) * n..][..n];
+            for (j, &b) in blocks.iter().enumerate() {
+                let (s0, c0) = (b as usize * 64, j * 64);
+                if c0 >= used {
+                    break;
+                }
+                let len = (used - c0).min(64).min(n - s0);
+                for ((x, p), v) in sc.prods[c0..c0 + len]
+                    .iter_mut()
+                    .zip(&probs[c0..])
+                    .zip(&vr[s0..s0 + len])
+                {
+                    *x = p * v;
+                }
+                sc.prods[c0 + len..(c0 + 64).min(used)].fill(0.0);
             }
             *o = ggml_order(&sc.prods[..used], self.order);
         }
     }
+}
+
+/// Per query, the 64-slot blocks (`slot / 64`) that hold at least one slot it sees. Queries of
+/// one sequence share what they see but for the position cut-off, so each sequence's blocks
+/// are found once (with the smallest position each block offers it).
+fn visible_blocks(mask: &Visibility, t: usize, n: usize) -> Vec<Vec<u32>> {
+    let nb = n.div_ceil(64);
+    let mut per_seq: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+    (0..t)
+        .map(|i| {
+            let (qp, qseq) = (mask.query_pos[i], mask.query_seq[i]);
+            let first = per_seq.entry(qseq).or_insert_with(|| {
+                let mut first = vec![u32::MAX; nb];
+                for s in 0..n {
+                    if super::sees(qseq, mask.key_seq[s]) {
+                        first[s / 64] = first[s / 64].min(mask.key_pos[s]);
+                    }
+                }
+                first
+            });
+            (0..nb as u32)
+                .filter(|&b| first[b as usize] <= qp)
+                .collect()
+        })
+        .collect()
 }
 
 /// The summation orders of llama.cpp's f16 products (AVX-512 build), which Kiln follows so that

@@ -100,16 +100,15 @@ pub struct Visibility {
     pub device_copy: DeviceCopy,
 }
 
-/// A device copy of host data, made once by the first op that needs it and shared by clones
-/// (every layer of a forward pass gets a clone of the same mask). A cache, not data: two copies
-/// always compare equal.
+/// A device copy of host data (or, on the CPU, data derived from it), made once by the first op
+/// that needs it and shared by clones (every layer of a forward pass gets a clone of the same
+/// mask). A cache, not data: two copies always compare equal.
 #[derive(Clone, Default)]
 pub struct DeviceCopy(Arc<OnceLock<Box<dyn std::any::Any + Send + Sync>>>);
 
 impl DeviceCopy {
     /// The cached value if it is a `T` for which `fits` holds, else `make()`'s (cached when
     /// nothing is cached yet).
-    #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
     pub(crate) fn get_or<T: Clone + Send + Sync + 'static>(
         &self,
         fits: impl Fn(&T) -> bool,

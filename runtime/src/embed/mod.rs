@@ -94,7 +94,17 @@ pub fn plan_batches(lengths: &[usize], budget: usize) -> Vec<Vec<usize>> {
 impl Embedder {
     /// Loads a sentence-transformers (or plain BERT) model directory onto `device`.
     pub fn load(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let model = SentenceModel::load(dir.as_ref(), device)?;
+        Self::load_as(dir, device, kiln_quant::GgmlType::F32)
+    }
+
+    /// [`Embedder::load`] with the encoder's weights converted to `format` as they load (f32,
+    /// f16 or q8_0; `kiln tradeoffs` compares them).
+    pub fn load_as(
+        dir: impl AsRef<Path>,
+        device: &Device,
+        format: kiln_quant::GgmlType,
+    ) -> Result<Self> {
+        let model = SentenceModel::load_as(dir.as_ref(), device, format)?;
         Ok(Self {
             model,
             batch_tokens: DEFAULT_BATCH_TOKENS,

@@ -225,6 +225,51 @@ impl Llm {
     }
 }
 
+/// A model loaded where the dispatch plan puts it, with the plan's kernels.
+pub struct Planned {
+    pub llm: Llm,
+    pub plan: crate::plan::Plan,
+    pub device: crate::DeviceInfo,
+    /// On a GPU: the mat-vec variant measured for it (now, or earlier from the cache).
+    pub tuned: Option<crate::tune::Tuned>,
+}
+
+/// Loads `path` on `device` (`auto`, `cpu`, `wgpu[:N]`, `cuda[:N]`) among `devices` as
+/// `kiln plan` decides: on a GPU with the plan's attention variant and the mat-vec variant
+/// measured once for the device ([`crate::tune::tune_matvec`]).
+pub fn load_planned(path: &Path, device: &str, devices: &crate::Devices) -> Result<Planned> {
+    if !path.exists() {
+        return Err(RuntimeError::Usage(format!(
+            "{}: no such file",
+            path.display()
+        )));
+    }
+    let plan = crate::plan::plan_on(path, &devices.devices, device, None)?;
+    let info = devices.find(&plan.device.to_string())?.clone();
+    let crate::plan::Kernels::Gpu(kernels) = &plan.kernels else {
+        let llm = Llm::load(path, &Device::flex())?;
+        return Ok(Planned {
+            llm,
+            plan,
+            device: info,
+            tuned: None,
+        });
+    };
+    let dev = info.burn_device()?;
+    let mut llm = Llm::load(path, &dev)?;
+    llm.model.softmax = kernels.softmax;
+    // The plan's mat-vec variant is the policy's guess; a measurement on this device (once,
+    // then from the cache) decides.
+    let tuned = crate::tune::tune_matvec(&info, &dev, &crate::tune::cache_dir())?;
+    llm.model.reduction = tuned.reduction;
+    Ok(Planned {
+        llm,
+        plan,
+        device: info,
+        tuned: Some(tuned),
+    })
+}
+
 /// A result tensor's values on the host.
 pub fn floats<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<f32>> {
     t.into_data()
