@@ -245,6 +245,25 @@ pub fn tradeoffs(args: TradeoffsArgs) -> Result<()> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
+    if !args.model.exists() {
+        return Err(RuntimeError::Usage(format!(
+            "{}: no such file or directory",
+            args.model.display()
+        )));
+    }
+    // Flags are checked before the (slow) device probe.
+    let formats = if args.model.is_dir() {
+        None
+    } else {
+        Some(tradeoffs::parse_formats(
+            args.formats
+                .as_deref()
+                .unwrap_or(&tradeoffs::DEFAULT_FORMATS.join(",")),
+        )?)
+    };
+    if args.repetitions == 0 {
+        return Err(RuntimeError::Usage("-r must be at least 1".into()));
+    }
     let devices = if devices_arg == ["cpu"] {
         kiln_runtime::Devices::cpu_only()
     } else {
@@ -294,16 +313,9 @@ pub fn tradeoffs(args: TradeoffsArgs) -> Result<()> {
             "data/eval/intents-dev.tsv (built in)".to_string(),
         ),
     };
-    if args.repetitions == 0 {
-        return Err(RuntimeError::Usage("-r must be at least 1".into()));
-    }
     let run = LlmRun {
         model: args.model.clone(),
-        formats: tradeoffs::parse_formats(
-            args.formats
-                .as_deref()
-                .unwrap_or(&tradeoffs::DEFAULT_FORMATS.join(",")),
-        )?,
+        formats: formats.unwrap_or_default(),
         devices: devices_arg,
         eval,
         eval_name,

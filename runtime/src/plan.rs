@@ -269,33 +269,31 @@ pub fn recommend(
     })
 }
 
-/// Where `kiln tradeoffs` keeps its recommendations for `kiln plan`.
+/// Where `kiln tradeoffs` keeps its recommendations for `kiln plan`:
+/// `$KILN_CACHE/tradeoffs/recommended` (default `~/.cache/kiln/…`).
 pub fn measured_dir() -> std::path::PathBuf {
-    crate::models_dir::cache_root()
-        .join("tradeoffs")
-        .join("recommended")
+    crate::tradeoffs::cache_dir().join("recommended")
 }
 
-/// The recommendations kept for a model file (by content hash), per device.
-pub fn read_measured(hash: &str) -> Vec<Measured> {
-    std::fs::read_to_string(measured_dir().join(format!("{hash}.json")))
+/// The recommendations kept in `dir` for a model file (by content hash), per device.
+pub fn read_measured(dir: &Path, hash: &str) -> Vec<Measured> {
+    std::fs::read_to_string(dir.join(format!("{hash}.json")))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default()
 }
 
-/// Keeps `entries` for a model file, replacing earlier ones for the same devices.
-pub fn write_measured(hash: &str, entries: &[Measured]) -> Result<()> {
-    let dir = measured_dir();
+/// Keeps `entries` for a model file in `dir`, replacing earlier ones for the same devices.
+pub fn write_measured(dir: &Path, hash: &str, entries: &[Measured]) -> Result<()> {
     let path = dir.join(format!("{hash}.json"));
-    let mut all = read_measured(hash);
+    let mut all = read_measured(dir, hash);
     all.retain(|m| entries.iter().all(|e| e.device_key != m.device_key));
     all.extend(entries.iter().cloned());
     let io = |source| RuntimeError::Io {
         path: path.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(&dir).map_err(io)?;
+    std::fs::create_dir_all(dir).map_err(io)?;
     let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
     std::fs::write(
         &tmp,
@@ -795,7 +793,7 @@ pub fn plan_on(
     if std::fs::read_dir(measured_dir()).is_ok_and(|mut d| d.next().is_some()) {
         let hash =
             crate::tradeoffs::variants::content_hash(model, &crate::models_dir::cache_root())?;
-        facts.measured = read_measured(&hash);
+        facts.measured = read_measured(&measured_dir(), &hash);
     }
     let format = format
         .map(|name| {

@@ -424,10 +424,18 @@ mod llm {
     }
 
     /// `kiln plan`: the device, format and kernels with their reasons, as text and JSON; the
-    /// overrides; bad requests.
+    /// overrides; bad requests. (Its own cache: no `kiln tradeoffs` recommendation applies.)
     #[test]
     fn plan_prints_the_choices_and_takes_overrides() {
         let Some(m) = model() else { return };
+        let cache = std::env::temp_dir().join(format!("kiln-plan-cache-{}", std::process::id()));
+        let kiln = |args: &[&str]| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .args(args)
+                .env("KILN_CACHE", &cache)
+                .output()
+                .expect("run kiln")
+        };
         let out = kiln(&["plan", "-m", &m, "--device", "cpu"]);
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{stderr}");
@@ -494,5 +502,213 @@ mod llm {
             .unwrap()
             .iter()
             .any(|d| d["id"].as_str().is_some_and(|id| id.starts_with("wgpu")))
+    }
+}
+
+/// `kiln tradeoffs` as a user runs it: every cell in a child process, a report (JSON,
+/// Markdown, SVG), a recommendation that `kiln plan` then follows, a second run that measures
+/// nothing, clear errors for bad flags; and the embedding form.
+mod tradeoffs {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    fn fixture(name: &str) -> Option<PathBuf> {
+        match kiln_runtime::models_dir::fixture_path(name) {
+            Some(p) if p.exists() => Some(p),
+            _ if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") => {
+                panic!("fixture missing in CI (run scripts/fetch-models.sh)")
+            }
+            _ => {
+                eprintln!("SKIPPED: run scripts/fetch-models.sh");
+                None
+            }
+        }
+    }
+
+    fn kiln(cache: &Path, args: &[&str]) -> (bool, Option<i32>, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .env("KILN_CACHE", cache)
+            .output()
+            .expect("run kiln");
+        (
+            out.status.success(),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("kiln-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn llm_report_recommendation_plan_and_resume() {
+        let Some(m) = fixture("smollm2-q4_1") else {
+            return;
+        };
+        let m = m.display().to_string();
+        let dir = temp("llm");
+        let cache = dir.join("cache");
+        let eval = dir.join("eval.tsv");
+        std::fs::write(
+            &eval,
+            "label\tquery\norder_status\twhere is my order\nreturn_refund\tI want my money back\nproduct_search\tred running shoes\n",
+        )
+        .unwrap();
+        let out = dir.join("out");
+        let args = [
+            "tradeoffs",
+            "-m",
+            &m,
+            "--formats",
+            "q8_0,q4_1",
+            "--devices",
+            "cpu",
+            "--eval",
+            eval.to_str().unwrap(),
+            "-p",
+            "16",
+            "-n",
+            "4",
+            "-r",
+            "2",
+            "--text-tokens",
+            "256",
+            "--ctx",
+            "128",
+            "--max-loss",
+            "100%",
+            "-t",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        let (ok, _, stdout, stderr) = kiln(&cache, &args);
+        assert!(ok, "{stderr}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        let dev = &report["devices"][0];
+        let rec = dev["recommendation"]["format"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(stdout.contains(&format!("cpu: {rec}")), "{stdout}");
+        // Every measurement the issue names is in the report.
+        let cell = &dev["cells"][0];
+        for key in [
+            "file_bytes",
+            "load_seconds",
+            "host_peak_rss_bytes",
+            "pp",
+            "tg",
+            "classify",
+            "text",
+        ] {
+            assert!(!cell[key].is_null(), "{key} in {cell}");
+        }
+        assert_eq!(cell["tg"]["samples_seconds"].as_array().unwrap().len(), 2);
+        assert_eq!(cell["tg"]["warmup_runs"], 1);
+        assert_eq!(cell["threads"], 2);
+        assert!(cell["classify"]["latency_p95_ms"].as_f64().unwrap() > 0.0);
+        assert!(report["method"].as_array().unwrap().len() >= 5);
+        let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(md.contains(&format!("**Recommended: {rec}**")), "{md}");
+        assert!(
+            std::fs::read_to_string(out.join("plot-cpu.svg"))
+                .unwrap()
+                .starts_with("<svg")
+        );
+
+        // kiln plan follows the measurement.
+        let (ok, _, plan, stderr) = kiln(&cache, &["plan", "-m", &m, "--device", "cpu", "--json"]);
+        assert!(ok, "{stderr}");
+        let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+        assert_eq!(plan["format"], rec.as_str(), "{plan}");
+
+        // A second run reads every cell back.
+        let (ok, _, _, stderr) = kiln(&cache, &args);
+        assert!(ok, "{stderr}");
+        assert_eq!(
+            stderr.matches("kept from an earlier run").count(),
+            2,
+            "{stderr}"
+        );
+
+        // Bad flags and devices: a one-line error, exit 2 (usage) or 1.
+        for bad in [
+            vec!["tradeoffs", "-m", &m, "--max-loss", "abc", "--out", "x"],
+            vec!["tradeoffs", "-m", &m, "--formats", "q9_9", "--out", "x"],
+            vec!["tradeoffs", "-m", "/nonexistent.gguf", "--out", "x"],
+            vec!["tradeoffs", "-m", &m, "--devices", "cuda:7", "--out", "x"],
+        ] {
+            let (ok, code, _, stderr) = kiln(&cache, &bad);
+            // (Probing wgpu may make Mesa print its XDG_RUNTIME_DIR line first.)
+            let last = stderr.lines().last().unwrap_or("");
+            assert!(!ok && last.starts_with("kiln: error:"), "{bad:?}: {stderr}");
+            assert!(matches!(code, Some(1 | 2)), "{bad:?}: {code:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn embedding_report_compares_formats_by_cosine() {
+        let Some(m) = fixture("minilm") else {
+            return;
+        };
+        let dir = temp("embed");
+        let corpus = dir.join("corpus.jsonl");
+        let texts: String = (0..24)
+            .map(|i| {
+                format!(
+                    "{{\"text\": \"product {i}: {} shoes in size {}\"}}\n",
+                    ["red", "blue", "black"][i % 3],
+                    36 + i
+                )
+            })
+            .collect();
+        std::fs::write(&corpus, texts).unwrap();
+        let out = dir.join("out");
+        let (ok, _, stdout, stderr) = kiln(
+            &dir.join("cache"),
+            &[
+                "tradeoffs",
+                "-m",
+                m.to_str().unwrap(),
+                "--devices",
+                "cpu",
+                "--text",
+                corpus.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{stderr}");
+        assert!(stdout.starts_with("cpu: "), "{stdout}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        let cells = report["devices"][0]["cells"].as_array().unwrap();
+        let by = |f: &str| cells.iter().find(|c| c["format"] == f).unwrap();
+        // The reference against itself: exactly 1.
+        assert_eq!(by("f32")["cosine_mean"], 1.0);
+        assert_eq!(by("f32")["overlap_at_10"], 1.0);
+        for (f, min_cos) in [("f16", 0.99999), ("q8_0", 0.999)] {
+            let c = by(f);
+            let cos = c["cosine_mean"].as_f64().unwrap();
+            assert!(cos > min_cos && cos < 1.0 + 1e-9, "{f}: {cos}");
+            assert!(c["texts_per_second_median"].as_f64().unwrap() > 0.0);
+        }
+        assert!(
+            std::fs::read_to_string(out.join("report.md"))
+                .unwrap()
+                .contains("overlap@10")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -587,7 +587,7 @@ pub fn write(r: &EmbedReport, out: &Path) -> Result<Vec<PathBuf>> {
             )),
             None => md.push_str("No recommendation: nothing was measured on this device.\n\n"),
         }
-        md.push_str("| format | load s | host peak MiB | device MiB | texts/s (min–max) | cosine mean | cosine min | overlap@10 |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        md.push_str("| format | load s | host RSS after load / peak MiB | device MiB | texts/s (min–max) | cosine mean | cosine min | overlap@10 |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
         let chosen = d.recommendation.as_ref().map(|x| x.format.as_str());
         for c in &d.cells {
             let mark = if chosen == Some(c.format.as_str()) {
@@ -611,8 +611,9 @@ pub fn write(r: &EmbedReport, out: &Path) -> Result<Vec<PathBuf>> {
                 )
             };
             md.push_str(&format!(
-                "| {mark} | {:.2} | {} | {} | {:.1} ({:.1}–{:.1}) | {:.6} | {:.6} | {:.3} |\n",
+                "| {mark} | {:.2} | {} / {} | {} | {:.1} ({:.1}–{:.1}) | {:.6} | {:.6} | {:.3} |\n",
                 c.load_seconds,
+                mib(c.host_rss_after_load_bytes),
                 mib(c.host_peak_rss_bytes),
                 mib(c.device_in_use_after_load_bytes),
                 c.texts_per_second_median,
@@ -668,15 +669,20 @@ mod tests {
 
     #[test]
     fn neighbour_overlap_is_one_for_equal_embeddings_and_drops_when_broken() {
-        let rows: Vec<f32> = (0..40).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+        let mut seed = 12345u64;
+        let rows: Vec<f32> = (0..80)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
         let a = neighbours(&rows, 4, 3);
         assert_eq!(overlap(&a, &a), 1.0);
-        let broken: Vec<f32> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, v)| if i % 4 == 0 { -v } else { *v })
-            .collect();
-        assert!(overlap(&neighbours(&broken, 4, 3), &a) < 1.0);
+        // Rows in reverse order: each text gets another's vector.
+        let broken: Vec<f32> = rows.chunks_exact(4).rev().flatten().copied().collect();
+        assert!(overlap(&neighbours(&broken, 4, 3), &a) < 0.5);
         assert!((cosine(&[1.0, 0.0], &[1.0, 1.0]) - 0.5f64.sqrt()).abs() < 1e-12);
     }
 }

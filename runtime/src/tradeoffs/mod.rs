@@ -407,7 +407,8 @@ pub struct LlmRun {
     pub max_loss: f64,
     pub settings: LlmSettings,
     pub out: PathBuf,
-    /// Where variants and cell results are kept (`$KILN_CACHE/tradeoffs`).
+    /// Where variants, cell results and recommendations are kept ([`cache_dir`]; `kiln plan`
+    /// reads recommendations from there).
     pub cache: PathBuf,
     /// Measure every cell again instead of reading kept results.
     pub fresh: bool,
@@ -651,7 +652,7 @@ pub fn run_llm(
         })
         .collect();
     if !measured.is_empty() {
-        crate::plan::write_measured(&hash, &measured)?;
+        crate::plan::write_measured(&run.cache.join("recommended"), &hash, &measured)?;
     }
 
     Ok(LlmReport {
@@ -701,7 +702,13 @@ pub fn parse_formats(s: &str) -> Result<Vec<GgmlType>> {
     s.split(',')
         .map(str::trim)
         .filter(|f| !f.is_empty())
-        .map(crate::quantize::parse_target)
+        .map(|f| {
+            crate::quantize::parse_target(f).map_err(|_| {
+                RuntimeError::Usage(format!(
+                    "--formats: {f:?} is not a format kiln quantize writes (f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0, q6_k, q5_k, q4_k, q3_k, q2_k)"
+                ))
+            })
+        })
         .collect::<Result<Vec<_>>>()
         .and_then(|v| {
             if v.is_empty() {

@@ -146,7 +146,7 @@ pub fn render_markdown(r: &LlmReport, plots: &[(String, String)]) -> String {
             o.push_str(&format!("Reference for accuracy: {refr}.\n\n"));
         }
         o.push_str(&format!(
-            "| format | file MiB | load s | host peak MiB | device MiB | pp{} t/s | tg{} t/s | queries/s (batch {}) | latency p50 / p95 ms | PPL | KL mean | KL p99 | top-1 agree | intent acc | intent agree |\n",
+            "| format | file MiB | load s | host RSS after load / peak MiB | device MiB | pp{} t/s | tg{} t/s | queries/s (batch {}) | latency p50 / p95 ms | PPL | KL mean | KL p99 | top-1 agree | intent acc | intent agree |\n",
             s.prompt_tokens, s.generate_tokens, s.batch
         ));
         o.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
@@ -216,9 +216,10 @@ fn row(c: &LlmCell, chosen: Option<&str>) -> String {
         },
     );
     format!(
-        "| {mark} | {:.1} | {:.2} | {} | {} | {} | {} | {qps} | {lat} | {ppl} | {kl} | {klp} | {top} | {acc} | {agree} |\n",
+        "| {mark} | {:.1} | {:.2} | {} / {} | {} | {} | {} | {qps} | {lat} | {ppl} | {kl} | {klp} | {top} | {acc} | {agree} |\n",
         c.file_bytes as f64 / MIB,
         c.load_seconds,
+        mib(c.host_rss_after_load_bytes),
         mib(c.host_peak_rss_bytes),
         mib(c.device_in_use_after_load_bytes),
         speed(&c.pp),
