@@ -39,6 +39,12 @@ pub struct TradeoffsArgs {
     /// a `text` field; default: the built-in 500-product sample catalog.
     #[arg(long)]
     text: Option<PathBuf>,
+    /// Use N of the labeled queries, evenly spaced through the set (slow devices).
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    /// Use the first N texts of the corpus (embeddings, slow devices).
+    #[arg(long)]
+    corpus_limit: Option<usize>,
     /// Largest accuracy loss accepted for the recommendation: top-1 disagreement (LLM) or
     /// 1 − mean cosine (embeddings); `1%` or `0.01`.
     #[arg(long, default_value = "1%")]
@@ -218,6 +224,89 @@ fn child_runner<S: serde::Serialize, C: serde::de::DeserializeOwned>(
     Ok(cell)
 }
 
+/// Shows what a cell is doing: on the bar, or without a terminal as a line at most every 30 s
+/// (a slow device's cell can take many minutes).
+fn status(bar: Option<&ProgressBar>, label: &str, m: &str, last: &std::cell::Cell<Instant>) {
+    match bar {
+        Some(b) => b.set_message(format!("{label} {m}")),
+        None if last.get().elapsed().as_secs() >= 30 => {
+            last.set(Instant::now());
+            eprintln!("kiln:   {label} {m}");
+        }
+        None => {}
+    }
+}
+
+/// Who cells belong to and how they are summed up, for [`reporter`].
+trait CellLine {
+    fn device(&self) -> &str;
+    fn format(&self) -> &str;
+}
+
+impl CellLine for LlmCell {
+    fn device(&self) -> &str {
+        &self.device
+    }
+    fn format(&self) -> &str {
+        &self.format
+    }
+}
+
+impl CellLine for embed::EmbedCell {
+    fn device(&self) -> &str {
+        &self.device
+    }
+    fn format(&self) -> &str {
+        &self.format
+    }
+}
+
+/// The run's events on the progress bar (or as lines without a terminal).
+fn reporter<'a, C: CellLine + 'a>(
+    bar: Option<&'a ProgressBar>,
+    label: &'a std::cell::RefCell<String>,
+    say: &'a dyn Fn(&str),
+    summary: fn(&C) -> String,
+) -> impl FnMut(Event<C>) + 'a {
+    move |e: Event<C>| match e {
+        Event::Convert(f, done, total) => say(&format!(
+            "converting to {f}: {:.0}%",
+            100.0 * done as f64 / total.max(1) as f64
+        )),
+        Event::Cell {
+            index,
+            total,
+            device,
+            format,
+        } => {
+            *label.borrow_mut() = format!("{device} {format}:");
+            if bar.is_none() {
+                eprintln!("kiln: [{index}/{total}] {device} {format} …");
+            }
+        }
+        Event::Done { cell, resumed } => {
+            let line = format!(
+                "{} {}: {}{}",
+                cell.device(),
+                cell.format(),
+                summary(cell),
+                if resumed {
+                    " (kept from an earlier run)"
+                } else {
+                    ""
+                }
+            );
+            match bar {
+                Some(b) => {
+                    b.println(line);
+                    b.inc(1);
+                }
+                None => eprintln!("kiln: {line}"),
+            }
+        }
+    }
+}
+
 fn summary(c: &LlmCell) -> String {
     match c.status {
         CellStatus::Ok => format!(
@@ -263,6 +352,12 @@ pub fn tradeoffs(args: TradeoffsArgs) -> Result<()> {
     };
     if args.repetitions == 0 {
         return Err(RuntimeError::Usage("-r must be at least 1".into()));
+    }
+    if args.eval_limit.is_some_and(|n| n < 2) || args.corpus_limit.is_some_and(|n| n <= embed::K) {
+        return Err(RuntimeError::Usage(format!(
+            "--eval-limit needs at least 2 queries, --corpus-limit more than {} texts",
+            embed::K
+        )));
     }
     let devices = if devices_arg == ["cpu"] {
         kiln_runtime::Devices::cpu_only()
@@ -313,6 +408,13 @@ pub fn tradeoffs(args: TradeoffsArgs) -> Result<()> {
             "data/eval/intents-dev.tsv (built in)".to_string(),
         ),
     };
+    let (eval, eval_name) = match args.eval_limit {
+        Some(n) if n < eval.len() => (
+            tradeoffs::spread(&eval, n),
+            format!("{eval_name}, {n} of {} queries evenly spaced", eval.len()),
+        ),
+        _ => (eval, eval_name),
+    };
     let run = LlmRun {
         model: args.model.clone(),
         formats: formats.unwrap_or_default(),
@@ -342,11 +444,8 @@ pub fn tradeoffs(args: TradeoffsArgs) -> Result<()> {
     let bar = progress_bar(total);
     let started = Instant::now();
     let cell_label = std::cell::RefCell::new(String::new());
-    let say = |m: &str| {
-        if let Some(b) = &bar {
-            b.set_message(format!("{} {m}", cell_label.borrow()));
-        }
-    };
+    let last_line = std::cell::Cell::new(Instant::now());
+    let say = |m: &str| status(bar.as_ref(), &cell_label.borrow(), m, &last_line);
     let in_process = args.in_process;
     let runner = |spec: &CellSpec| -> Result<LlmCell> {
         if in_process {
@@ -355,43 +454,7 @@ pub fn tradeoffs(args: TradeoffsArgs) -> Result<()> {
             child_runner("llm", spec, &spec.dir, &say)
         }
     };
-    let mut on = |e: Event| match e {
-        Event::Convert(f, done, total) => say(&format!(
-            "converting to {f}: {:.0}%",
-            100.0 * done as f64 / total.max(1) as f64
-        )),
-        Event::Cell {
-            index,
-            total,
-            device,
-            format,
-        } => {
-            *cell_label.borrow_mut() = format!("{device} {format}:");
-            if bar.is_none() {
-                eprintln!("kiln: [{index}/{total}] {device} {format} …");
-            }
-        }
-        Event::Done { cell, resumed } => {
-            let line = format!(
-                "{} {}: {}{}",
-                cell.device,
-                cell.format,
-                summary(cell),
-                if resumed {
-                    " (kept from an earlier run)"
-                } else {
-                    ""
-                }
-            );
-            match &bar {
-                Some(b) => {
-                    b.println(line);
-                    b.inc(1);
-                }
-                None => eprintln!("kiln: {line}"),
-            }
-        }
-    };
+    let mut on = reporter(bar.as_ref(), &cell_label, &say, summary);
     let report = tradeoffs::run_llm(&run, &devices, &runner, &mut on)?;
     if let Some(b) = &bar {
         b.finish_and_clear();
@@ -438,9 +501,13 @@ fn embed_tradeoffs(
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
+            .take(args.corpus_limit.unwrap_or(usize::MAX))
             .map(str::to_string)
             .collect(),
-        corpus_name: text_name,
+        corpus_name: match args.corpus_limit {
+            Some(n) => format!("{text_name}, its first {n} texts"),
+            None => text_name,
+        },
         max_loss,
         threads,
         out: args.out.clone(),
@@ -450,11 +517,8 @@ fn embed_tradeoffs(
     let total = tradeoffs::resolve_devices(&devices, &run.devices)?.len() * run.formats.len();
     let bar = progress_bar(total);
     let label = std::cell::RefCell::new(String::new());
-    let say = |m: &str| {
-        if let Some(b) = &bar {
-            b.set_message(format!("{} {m}", label.borrow()));
-        }
-    };
+    let last_line = std::cell::Cell::new(Instant::now());
+    let say = |m: &str| status(bar.as_ref(), &label.borrow(), m, &last_line);
     let in_process = args.in_process;
     let runner = |spec: &embed::EmbedCellSpec| -> Result<embed::EmbedCell> {
         if in_process {
@@ -463,39 +527,7 @@ fn embed_tradeoffs(
             child_runner("embed", spec, &spec.dir, &say)
         }
     };
-    let mut on = |e: embed::EmbedEvent| match e {
-        embed::EmbedEvent::Cell {
-            index,
-            total,
-            device,
-            format,
-        } => {
-            *label.borrow_mut() = format!("{device} {format}:");
-            if bar.is_none() {
-                eprintln!("kiln: [{index}/{total}] {device} {format} …");
-            }
-        }
-        embed::EmbedEvent::Done { cell, resumed } => {
-            let line = format!(
-                "{} {}: {}{}",
-                cell.device,
-                cell.format,
-                embed::summary(cell),
-                if resumed {
-                    " (kept from an earlier run)"
-                } else {
-                    ""
-                }
-            );
-            match &bar {
-                Some(b) => {
-                    b.println(line);
-                    b.inc(1);
-                }
-                None => eprintln!("kiln: {line}"),
-            }
-        }
-    };
+    let mut on = reporter(bar.as_ref(), &label, &say, embed::summary);
     let report = embed::run(&run, &devices, &runner, &mut on)?;
     if let Some(b) = &bar {
         b.finish_and_clear();

@@ -138,8 +138,10 @@ impl EmbedCell {
         }
     }
 
+    /// Memory held while serving (see [`super::LlmCell::memory_bytes`]).
     pub fn memory_bytes(&self) -> u64 {
         self.device_in_use_after_load_bytes
+            .or(self.host_rss_after_load_bytes)
             .or(self.host_peak_rss_bytes)
             .unwrap_or(0)
     }
@@ -358,18 +360,7 @@ pub fn measure(spec: &EmbedCellSpec, progress: &mut dyn FnMut(&str)) -> Result<E
 }
 
 /// What the run reports as it goes.
-pub enum EmbedEvent<'a> {
-    Cell {
-        index: usize,
-        total: usize,
-        device: &'a str,
-        format: &'a str,
-    },
-    Done {
-        cell: &'a EmbedCell,
-        resumed: bool,
-    },
-}
+pub type EmbedEvent<'a> = super::Event<'a, EmbedCell>;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EmbedDeviceSection {
@@ -459,7 +450,7 @@ pub fn run(
                     .join(&key)
                     .join(f.name()),
             };
-            on(EmbedEvent::Cell {
+            on(super::Event::Cell {
                 index,
                 total,
                 device: &spec.device,
@@ -493,7 +484,7 @@ pub fn run(
                     (c, false)
                 }
             };
-            on(EmbedEvent::Done {
+            on(super::Event::Done {
                 cell: &cell,
                 resumed,
             });

@@ -112,6 +112,14 @@ pub fn parse_labeled(text: &str, name: &str) -> Result<Vec<LabeledQuery>> {
     Ok(out)
 }
 
+/// `n` items evenly spaced through `set` (all of them when `n >= set.len()`).
+pub fn spread<T: Clone>(set: &[T], n: usize) -> Vec<T> {
+    if n >= set.len() {
+        return set.to_vec();
+    }
+    (0..n).map(|i| set[i * set.len() / n].clone()).collect()
+}
+
 /// The labels of a labeled set, in order of first appearance.
 pub fn labels_of(set: &[LabeledQuery]) -> Vec<String> {
     let mut labels: Vec<String> = Vec::new();
@@ -326,10 +334,12 @@ impl LlmCell {
         }
     }
 
-    /// Memory the variant needs on its device: device memory in use after loading on a GPU,
-    /// the peak resident host memory on the CPU.
+    /// Memory the variant holds while it serves: device memory in use after loading on a GPU,
+    /// resident host memory after loading on the CPU (the peak, which includes the file's
+    /// map while loading, is in the table beside it).
     pub fn memory_bytes(&self) -> u64 {
         self.device_in_use_after_load_bytes
+            .or(self.host_rss_after_load_bytes)
             .or(self.host_peak_rss_bytes)
             .unwrap_or(self.file_bytes)
     }
@@ -414,8 +424,9 @@ pub struct LlmRun {
     pub fresh: bool,
 }
 
-/// What the run reports as it goes.
-pub enum Event<'a> {
+/// What a run reports as it goes (`C`: the kind of cell, [`LlmCell`] or
+/// [`embed::EmbedCell`]).
+pub enum Event<'a, C = LlmCell> {
     /// Converting the model: (format, done elements, total elements).
     Convert(&'a str, u64, u64),
     /// Starting cell `index` of `total`.
@@ -426,7 +437,7 @@ pub enum Event<'a> {
         format: &'a str,
     },
     /// A cell's result (`resumed`: read from an earlier run).
-    Done { cell: &'a LlmCell, resumed: bool },
+    Done { cell: &'a C, resumed: bool },
 }
 
 /// Measures one cell; the CLI runs each in a child process (clean memory numbers, a crash
@@ -542,7 +553,14 @@ pub fn run_llm(
             &run.cache.join("variants"),
             |done, total, _| on(Event::Convert(f.name(), done, total)),
         )?;
-        made.push((f, v));
+        // Every weight format the variant holds: conversion keeps some tensors in another
+        // format (rows that do not fit the target's blocks fall back, as in llama.cpp).
+        let held: Vec<GgmlType> = crate::plan::ModelFacts::from_gguf(&v.path)?
+            .formats
+            .iter()
+            .map(|&(t, _)| t)
+            .collect();
+        made.push((f, v, held));
     }
 
     let labels = if run.labels.is_empty() {
@@ -566,7 +584,7 @@ pub fn run_llm(
         let key = crate::tune::device_key(info);
         let mut cells = Vec::new();
         let mut reference: Option<(String, PathBuf)> = None;
-        for (f, v) in &made {
+        for (f, v, held) in &made {
             index += 1;
             let dir = run
                 .cache
@@ -593,15 +611,25 @@ pub fn run_llm(
                 device: &spec.device,
                 format: &spec.format,
             });
-            let (cell, resumed) = if !crate::plan::runs_on(&facts_d, *f) {
-                (
-                    LlmCell::unmeasured(
-                        &spec,
-                        CellStatus::Skipped,
-                        format!("Kiln has no {} kernel for {}", f.name(), info.name),
-                    ),
-                    false,
-                )
+            let missing: Vec<&str> = held
+                .iter()
+                .filter(|&&t| !crate::plan::runs_on(&facts_d, t))
+                .map(|t| t.name())
+                .collect();
+            let (cell, resumed) = if !missing.is_empty() {
+                let why = if missing == [f.name()] {
+                    format!("Kiln has no {} kernel for {}", f.name(), info.name)
+                } else {
+                    format!(
+                        "the {} variant also holds {} tensors (rows that do not fit {}'s blocks fall back, as in llama.cpp), and Kiln has no kernel for {} on {}",
+                        f.name(),
+                        missing.join(", "),
+                        f.name(),
+                        missing.join(", "),
+                        info.name
+                    )
+                };
+                (LlmCell::unmeasured(&spec, CellStatus::Skipped, why), false)
             } else if let Some(c) = read_cell(&spec).filter(|_| !run.fresh) {
                 (c, true)
             } else {
@@ -754,6 +782,14 @@ mod tests {
         assert_eq!(set.len(), 50);
         assert_eq!(labels_of(&set).len(), 10);
         assert!(parse_labeled("query\nx\n", "f").is_err());
+    }
+
+    #[test]
+    fn spread_takes_every_label_of_a_sorted_set() {
+        let set = parse_labeled(DEFAULT_EVAL, "intents-dev.tsv").unwrap();
+        let ten = spread(&set, 10);
+        assert_eq!(labels_of(&ten).len(), 10);
+        assert_eq!(spread(&[1, 2, 3], 5), [1, 2, 3]);
     }
 
     #[test]

@@ -237,7 +237,8 @@ pub struct Point {
     pub chosen: bool,
 }
 
-/// Accuracy loss (y) against speed (x), marker area proportional to memory, the loss budget
+/// Accuracy loss (y) against speed (x), marker area proportional to the memory held while
+/// serving (device memory on a GPU, resident host memory on the CPU), the loss budget
 /// as a dashed line, the chosen variant filled.
 pub fn plot(
     path: &Path,
@@ -298,7 +299,7 @@ pub fn plot(
         chart
             .draw_series(std::iter::once(Text::new(
                 format!(
-                    "{}{} ({:.0} MiB)",
+                    "{}{} ({:.0} MiB held)",
                     p.label,
                     if p.chosen { " ★" } else { "" },
                     p.memory / MIB
