@@ -58,7 +58,8 @@ pub struct TradeoffsArgs {
     /// tg test: generated tokens.
     #[arg(short = 'n', default_value_t = 128)]
     generate: usize,
-    /// Repetitions of each speed test (after one warm-up run).
+    /// Repetitions of each LLM speed test, after one warm-up run (embeddings: three passes over
+    /// the corpus after a warm-up).
     #[arg(short = 'r', default_value_t = 5)]
     repetitions: usize,
     /// Tokens of the text read for accuracy.

@@ -664,6 +664,7 @@ pub fn run_llm(
 
     // Kept where `kiln plan` reads it.
     let report_path = run.out.join("report.json");
+    let report_path = std::path::absolute(&report_path).unwrap_or(report_path);
     let measured: Vec<Measured> = sections
         .iter()
         .filter_map(|s| {
