@@ -238,6 +238,30 @@ fn status(bar: Option<&ProgressBar>, label: &str, m: &str, last: &std::cell::Cel
     }
 }
 
+/// The recommendations on stdout, the files written on stderr.
+fn announce<'a>(
+    recs: impl Iterator<Item = (&'a str, Option<&'a kiln_runtime::plan::Recommendation>)>,
+    files: &[PathBuf],
+    cells: usize,
+    started: Instant,
+) {
+    for (device, rec) in recs {
+        match rec {
+            Some(r) => println!("{device}: {}", r.reason),
+            None => println!("{device}: no recommendation (nothing measured)"),
+        }
+    }
+    eprintln!(
+        "kiln: {cells} cells in {:.0} s; wrote {}",
+        started.elapsed().as_secs_f64(),
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
 /// Who cells belong to and how they are summed up, for [`reporter`].
 trait CellLine {
     fn device(&self) -> &str;
@@ -461,22 +485,11 @@ pub fn tradeoffs(args: TradeoffsArgs) -> Result<()> {
         b.finish_and_clear();
     }
     let files = report::write(&report, &args.out)?;
-    for d in &report.devices {
-        match &d.recommendation {
-            Some(r) => println!("{}: {}", d.device, r.reason),
-            None => println!("{}: no recommendation (nothing measured)", d.device),
-        }
-    }
-    eprintln!(
-        "kiln: {} cells in {:.0} s; wrote {}",
-        total,
-        started.elapsed().as_secs_f64(),
-        files
-            .iter()
-            .map(|f| f.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let recs = report
+        .devices
+        .iter()
+        .map(|d| (d.device.as_str(), d.recommendation.as_ref()));
+    announce(recs, &files, total, started);
     Ok(())
 }
 
@@ -516,6 +529,7 @@ fn embed_tradeoffs(
         fresh: args.fresh,
     };
     let total = tradeoffs::resolve_devices(&devices, &run.devices)?.len() * run.formats.len();
+    let started = Instant::now();
     let bar = progress_bar(total);
     let label = std::cell::RefCell::new(String::new());
     let last_line = std::cell::Cell::new(Instant::now());
@@ -534,19 +548,10 @@ fn embed_tradeoffs(
         b.finish_and_clear();
     }
     let files = embed::write(&report, &args.out)?;
-    for d in &report.devices {
-        match &d.recommendation {
-            Some(r) => println!("{}: {}", d.device, r.reason),
-            None => println!("{}: no recommendation (nothing measured)", d.device),
-        }
-    }
-    eprintln!(
-        "kiln: wrote {}",
-        files
-            .iter()
-            .map(|f| f.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let recs = report
+        .devices
+        .iter()
+        .map(|d| (d.device.as_str(), d.recommendation.as_ref()));
+    announce(recs, &files, total, started);
     Ok(())
 }
