@@ -415,12 +415,7 @@ pub fn tradeoffs(args: TradeoffsArgs) -> Result<()> {
     }
     let labels = match (&args.labels, &args.eval) {
         (Some(p), _) => kiln_runtime::llm::classify::read_labels(p)?,
-        (None, None) => tradeoffs::DEFAULT_LABELS
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect(),
+        (None, None) => kiln_runtime::llm::classify::parse_labels(tradeoffs::DEFAULT_LABELS)?,
         (None, Some(_)) => Vec::new(),
     };
     let (eval, eval_name) = match &args.eval {

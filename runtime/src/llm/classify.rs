@@ -63,6 +63,11 @@ pub fn read_labels(path: &Path) -> Result<Vec<String>> {
         path: path.display().to_string(),
         source,
     })?;
+    parse_labels(&text)
+}
+
+/// Labels from text: one per line, blank lines and `#` comments skipped.
+pub fn parse_labels(text: &str) -> Result<Vec<String>> {
     let labels: Vec<String> = text
         .lines()
         .map(str::trim)

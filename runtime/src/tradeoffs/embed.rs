@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use kiln_quant::GgmlType;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::llm_cell::{peak_rss_bytes, reset_peak_rss, rss_bytes};
 use super::report::{Point, file_safe, plot};
@@ -396,12 +395,10 @@ struct Record {
 }
 
 fn spec_hash(spec: &EmbedCellSpec) -> String {
-    let mut s = spec.clone();
-    s.dir = PathBuf::new();
-    let mut h = Sha256::new();
-    h.update(serde_json::to_vec(&s).expect("serializes"));
-    h.update(env!("CARGO_PKG_VERSION"));
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    super::hash_spec(&EmbedCellSpec {
+        dir: PathBuf::new(),
+        ..spec.clone()
+    })
 }
 
 /// Repetitions of the corpus pass per cell.

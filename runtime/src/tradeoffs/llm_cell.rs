@@ -23,22 +23,16 @@ pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-fn status_kb(field: &str) -> Option<u64> {
+/// Resident memory now (Linux `VmRSS`).
+pub fn rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
 
-/// Resident memory now (Linux `VmRSS`).
-pub fn rss_bytes() -> Option<u64> {
-    status_kb("VmRSS:")
-}
-
 /// Peak resident memory since the last [`reset_peak_rss`] (Linux `VmHWM`).
-pub fn peak_rss_bytes() -> Option<u64> {
-    status_kb("VmHWM:")
-}
+pub use crate::embed::bench::peak_rss_bytes;
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> RuntimeError + '_ {
     move |source| RuntimeError::Io {
@@ -299,9 +293,10 @@ fn text_metrics(
                 }
                 acc.add(&lp, next, Some(&ref_row));
             } else if let Some(wr) = writer.as_mut() {
-                for v in &lp {
-                    wr.write_all(&v.to_le_bytes()).map_err(io(&own_path))?;
+                for (b, v) in bytes.chunks_exact_mut(4).zip(&lp) {
+                    b.copy_from_slice(&v.to_le_bytes());
                 }
+                wr.write_all(&bytes).map_err(io(&own_path))?;
                 acc.add(&lp, next, None);
             }
         }

@@ -364,10 +364,17 @@ pub struct CellRecord {
 
 /// SHA-256 of what decides a cell's numbers (everything but where its files go).
 pub fn spec_hash(spec: &CellSpec) -> String {
+    hash_spec(&CellSpec {
+        dir: PathBuf::new(),
+        ..spec.clone()
+    })
+}
+
+/// SHA-256 (hex) of a cell spec, with Kiln's version: a kept result answers only the same
+/// spec measured by the same Kiln.
+pub(crate) fn hash_spec(spec: &impl Serialize) -> String {
     let mut h = Sha256::new();
-    let mut s = spec.clone();
-    s.dir = PathBuf::new();
-    h.update(serde_json::to_vec(&s).expect("a cell spec serializes"));
+    h.update(serde_json::to_vec(spec).expect("a cell spec serializes"));
     h.update(env!("CARGO_PKG_VERSION"));
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
