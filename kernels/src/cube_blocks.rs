@@ -15,13 +15,22 @@ pub const T_F32: u32 = 0;
 pub const T_F16: u32 = 1;
 pub const T_Q4_0: u32 = 2;
 pub const T_Q4_1: u32 = 3;
+pub const T_Q5_0: u32 = 6;
+pub const T_Q5_1: u32 = 7;
 pub const T_Q8_0: u32 = 8;
 pub const T_Q4_K: u32 = 12;
+pub const T_Q5_K: u32 = 13;
 pub const T_Q6_K: u32 = 14;
 
 /// The comptime code of a type [`decode8`] knows.
 pub fn code(ty: GgmlType) -> Option<u32> {
     crate::CUBE_TYPES.contains(&ty).then(|| ty.id())
+}
+
+/// Whether blocks of type code `ty` carry a minimum `m` (`y = d·q + m`: Q4_1, Q5_1), which the
+/// matmul kernels add per block as `m · s` (see [`decode8`]'s `with_min`).
+pub fn has_block_min(ty: u32) -> bool {
+    ty == T_Q4_1 || ty == T_Q5_1
 }
 
 /// Bytes one row of `k` values of `ty` takes (`k` a multiple of the block size).
@@ -58,7 +67,7 @@ fn byte_of(pair: (u32, u32), #[comptime] i: usize) -> u32 {
 
 /// Values `j0..j0 + 8` of the row starting at byte `row_byte` (`j0` a multiple of 8), into
 /// `out[0..8]`. Values at or past `k` (only possible for F32/F16 rows) read as 0.
-/// With `with_min` false, Q4_1 values leave out the block minimum (`q·d` only): the matmul
+/// With `with_min` false, Q4_1 and Q5_1 values leave out the block minimum (`q·d` only): the matmul
 /// kernels add `m · s` per block themselves, `s` being the activation block's f16 sum, as
 /// ggml's `vec_dot_q4_1_q8_1` does.
 #[cube]
@@ -123,6 +132,36 @@ pub fn decode8(
             out[i] = f32::cast_from(q) * d + m;
         }
     }
+    if comptime!(ty == T_Q5_0 || ty == T_Q5_1) {
+        // Q5_0, 22 bytes: f16 d, u32 qh, 16 bytes of nibbles; Q5_1, 24 bytes: f16 d, f16 m,
+        // u32 qh, nibbles. Value l's fifth bit is bit l of qh: q = nibble | bit << 4, and
+        // y = d (q - 16) (Q5_0) or d q + m (Q5_1).
+        let size = comptime!(if ty == T_Q5_0 { 22usize } else { 24usize });
+        let qh_at = comptime!(if ty == T_Q5_0 { 2usize } else { 4usize });
+        let base = row_byte + (j0 / 32) * size;
+        let within = j0 % 32;
+        let d = f16_bits_to_f32(u16_at(words, base));
+        let mut m = 0.0f32;
+        let mut offset = 0i32;
+        if comptime!(ty == T_Q5_1) {
+            if comptime!(with_min) {
+                m = f16_bits_to_f32(u16_at(words, base + 2));
+            }
+        } else {
+            offset = 16i32;
+        }
+        let qh = u16_at(words, base + qh_at) | (u16_at(words, base + qh_at + 2) << 16u32);
+        let bits = qh >> u32::cast_from(within);
+        let shift = u32::cast_from(within / 16) * 4u32;
+        let b = bytes8(words, base + qh_at + 4 + within % 16);
+        #[unroll]
+        for i in 0..8usize {
+            let lo = (byte_of(b, i) >> shift) & 0xFu32;
+            let hi = (bits >> comptime!(i as u32)) & 1u32;
+            let q = i32::cast_from(lo | (hi << 4u32)) - offset;
+            out[i] = f32::cast_from(q) * d + m;
+        }
+    }
     if comptime!(ty == T_Q8_0) {
         // 34 bytes: f16 d, 32 signed bytes.
         let base = row_byte + (j0 / 32) * 34;
@@ -135,32 +174,33 @@ pub fn decode8(
             out[i] = f32::cast_from(q) * d;
         }
     }
-    if comptime!(ty == T_Q4_K) {
-        // 144 bytes: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles.
-        // Sub-block s (32 values) uses bytes 32 (s / 2) .., low nibbles when s is even.
-        let base = row_byte + (j0 / 256) * 144;
+    if comptime!(ty == T_Q4_K || ty == T_Q5_K) {
+        // Q4_K, 144 bytes: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of
+        // nibbles. Sub-block s (32 values) uses nibble bytes 32 (s / 2) .., low nibbles when s
+        // is even. Q5_K, 176 bytes: the same with qh[32] before the nibbles, whose bit s of byte
+        // `within % 32` is the value's fifth bit.
+        let five = comptime!(ty == T_Q5_K);
+        let size = comptime!(if five { 176usize } else { 144usize });
+        let ql_at = comptime!(if five { 48usize } else { 16usize });
+        let base = row_byte + (j0 / 256) * size;
         let within = j0 % 256;
         let s = within / 32;
         let d = f16_bits_to_f32(u16_at(words, base));
         let dmin = f16_bits_to_f32(u16_at(words, base + 2));
-        let sc_base = base + 4;
-        let mut sc = 0u32;
-        let mut mn = 0u32;
-        if s < 4 {
-            sc = byte_at(words, sc_base + s) & 63u32;
-            mn = byte_at(words, sc_base + s + 4) & 63u32;
-        } else {
-            let hi = byte_at(words, sc_base + s + 4);
-            sc = (hi & 0xFu32) | ((byte_at(words, sc_base + s - 4) >> 6u32) << 4u32);
-            mn = (hi >> 4u32) | ((byte_at(words, sc_base + s) >> 6u32) << 4u32);
-        }
+        let (sc, mn) = scale_min_k4(words, base + 4, s);
         let d1 = d * f32::cast_from(sc);
         let m1 = dmin * f32::cast_from(mn);
         let shift = u32::cast_from(s % 2) * 4u32;
-        let b = bytes8(words, base + 16 + (within / 64) * 32 + within % 32);
+        let ql = bytes8(words, base + ql_at + (within / 64) * 32 + within % 32);
+        // (Q4_K reads nibble bytes here and ignores them: one load, no divergent branch.)
+        let qh = bytes8(words, base + 16 + within % 32);
+        let hshift = u32::cast_from(s);
         #[unroll]
         for i in 0..8usize {
-            let q = (byte_of(b, i) >> shift) & 0xFu32;
+            let mut q = (byte_of(ql, i) >> shift) & 0xFu32;
+            if comptime!(five) {
+                q |= ((byte_of(qh, i) >> hshift) & 1u32) << 4u32;
+            }
             out[i] = d1 * f32::cast_from(q) - m1;
         }
     }
@@ -192,8 +232,27 @@ pub fn decode8(
     }
 }
 
-/// The minimum `m` of the Q4_1 block holding value `j` of the row at byte `row_byte`.
+/// The 6-bit scale and min of sub-block `s` of a Q4_K/Q5_K block whose 12 scale bytes start at
+/// byte `at` (ggml `get_scale_min_k4`).
 #[cube]
-pub fn q4_1_min(words: &[u32], row_byte: usize, j: usize) -> f32 {
-    f16_bits_to_f32(u16_at(words, row_byte + (j / 32) * 20 + 2))
+#[allow(unused_assignments)] // CubeCL variables need a value before a branch assigns them.
+fn scale_min_k4(words: &[u32], at: usize, s: usize) -> (u32, u32) {
+    let mut sc = 0u32;
+    let mut mn = 0u32;
+    if s < 4 {
+        sc = byte_at(words, at + s) & 63u32;
+        mn = byte_at(words, at + s + 4) & 63u32;
+    } else {
+        let hi = byte_at(words, at + s + 4);
+        sc = (hi & 0xFu32) | ((byte_at(words, at + s - 4) >> 6u32) << 4u32);
+        mn = (hi >> 4u32) | ((byte_at(words, at + s) >> 6u32) << 4u32);
+    }
+    (sc, mn)
+}
+
+/// The minimum `m` of the Q4_1 or Q5_1 block holding value `j` of the row at byte `row_byte`.
+#[cube]
+pub fn block_min(words: &[u32], row_byte: usize, j: usize, #[comptime] ty: u32) -> f32 {
+    let size = comptime!(if ty == T_Q4_1 { 20usize } else { 24usize });
+    f16_bits_to_f32(u16_at(words, row_byte + (j / 32) * size + 2))
 }

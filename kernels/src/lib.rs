@@ -27,8 +27,11 @@ pub const CUBE_TYPES: &[kiln_quant::GgmlType] = &[
     kiln_quant::GgmlType::F16,
     kiln_quant::GgmlType::Q4_0,
     kiln_quant::GgmlType::Q4_1,
+    kiln_quant::GgmlType::Q5_0,
+    kiln_quant::GgmlType::Q5_1,
     kiln_quant::GgmlType::Q8_0,
     kiln_quant::GgmlType::Q4_K,
+    kiln_quant::GgmlType::Q5_K,
     kiln_quant::GgmlType::Q6_K,
 ];
 

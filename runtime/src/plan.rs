@@ -1065,18 +1065,14 @@ mod tests {
         let p = plan(&[cpu(true)], &m, &ov).unwrap();
         assert_eq!(p.format, GgmlType::Q8_0);
         assert!(p.needs_conversion);
-        // Q5_0 has CPU kernels but no GPU ones: the GPU is rejected for it, the CPU runs it.
+        // Q3_K has no Kiln kernel on any device (every other format runs on both): no plan,
+        // and the error names the format.
         let ov = Overrides {
             device: None,
-            format: Some(GgmlType::Q5_0),
+            format: Some(GgmlType::Q3_K),
         };
-        let p = plan(&[cpu(true), t4()], &m, &ov).unwrap();
-        assert_eq!(p.device, DeviceId::Cpu);
-        assert!(
-            choice(&p, "device").rejected[0]
-                .1
-                .contains("no Kiln kernel")
-        );
+        let err = plan(&[cpu(true), t4()], &m, &ov).unwrap_err();
+        assert!(err.to_string().contains("no Kiln kernel for q3_K"), "{err}");
         // A GPU with WebGPU's minimum of 16 KiB of shared memory gets the scalar tiles.
         let mut small_shared = t4();
         small_shared.shared_memory_bytes = Some(16 << 10);

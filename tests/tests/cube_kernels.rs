@@ -47,15 +47,8 @@ fn weights(ty: GgmlType, n: usize, k: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
     (bytes, deq)
 }
 
-const TYPES: [GgmlType; 7] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4_K,
-    GgmlType::Q6_K,
-];
+/// Every type the Cube kernels read: a type added there is tested here.
+const TYPES: &[GgmlType] = kiln_kernels::CUBE_TYPES;
 
 /// A row length for `ty` that is not a multiple of the 32-wide K tile where the type allows.
 fn awkward_k(ty: GgmlType) -> usize {
@@ -76,7 +69,7 @@ fn dequantize_and_row_lookup_every_type() {
         return;
     };
     eprintln!("wgpu device: {} ({})", info.name, info.api);
-    for ty in TYPES {
+    for &ty in TYPES {
         let (n, k) = (13, awkward_k(ty));
         let (bytes, want) = weights(ty, n, k, ty.id() as u64);
         let q = QTensor::from_blocks("w", ty, &[n, k], &bytes, &gpu).unwrap();
@@ -168,7 +161,7 @@ fn qmatmul_matvec_every_type_against_dequantized_reference() {
         return;
     };
     let planes = kiln_kernels::device_has_planes(&gpu);
-    for ty in TYPES {
+    for &ty in TYPES {
         let k = awkward_k(ty);
         // m = 1 (decode) and m = 3 (label scoring); n below and above a cube's rows.
         for (m, n) in [(1, 1), (1, 67), (3, 130)] {
@@ -186,7 +179,7 @@ fn qmatmul_tiled_every_type_against_dequantized_reference() {
     let Some((_, gpu)) = wgpu_device() else {
         return;
     };
-    for ty in TYPES {
+    for &ty in TYPES {
         let k = awkward_k(ty);
         // m just above the mat-vec limit, and more rows and columns than one tile of either
         // tiling (vec4: 128 × 64; scalar, for 16 KiB devices: 32 × 64).

@@ -100,14 +100,16 @@ fn missing_gpu_kernel_is_an_error_not_a_fallback() {
     let Some((_, wgpu)) = wgpu_device() else {
         return;
     };
-    // Q5_0 has a CPU codec but no Cube kernel.
-    let bytes = vec![0u8; 22 * 2];
-    let q = QTensor::from_blocks("w", GgmlType::Q5_0, &[2, 32], &bytes, &wgpu).unwrap();
+    // Q3_K has a CPU codec but no Cube kernel.
+    let ty = GgmlType::Q3_K;
+    assert!(!kiln_kernels::CUBE_TYPES.contains(&ty));
+    let bytes = vec![0u8; ty.block_bytes() * 2];
+    let q = QTensor::from_blocks("w", ty, &[2, 256], &bytes, &wgpu).unwrap();
     match dequant::dequantize(&q) {
-        Err(KernelError::NoKernel { ty, .. }) => assert_eq!(ty, GgmlType::Q5_0),
+        Err(KernelError::NoKernel { ty: t, .. }) => assert_eq!(t, ty),
         other => panic!("expected NoKernel, got {other:?}"),
     }
-    let x = burn::tensor::Tensor::<2>::zeros([1, 32], &wgpu);
+    let x = burn::tensor::Tensor::<2>::zeros([1, 256], &wgpu);
     match kiln_kernels::qmatmul::qmatmul(x, &q) {
         Err(KernelError::NoKernel { op, .. }) => assert_eq!(op, "qmatmul"),
         other => panic!("expected NoKernel, got {other:?}"),

@@ -148,7 +148,7 @@ fn the_matrix_resumes_and_recommends_what_the_plan_then_chooses() {
     let eval = eval();
     let run = LlmRun {
         model: model.clone(),
-        formats: vec![GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q5_K],
+        formats: vec![GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q3_K],
         devices: vec!["cpu".into()],
         labels: tradeoffs::labels_of(&eval),
         eval,
@@ -172,7 +172,7 @@ fn the_matrix_resumes_and_recommends_what_the_plan_then_chooses() {
     .unwrap();
     assert_eq!(resumed, [false, false, false]);
     let d = &report.devices[0];
-    // Highest precision first: q8_0 is the reference; q5_K has no CPU kernel and says so.
+    // Highest precision first: q8_0 is the reference; q3_K has no CPU kernel and says so.
     assert_eq!(d.reference.as_deref(), Some("q8_0"));
     let status: Vec<_> = d
         .cells
@@ -183,8 +183,8 @@ fn the_matrix_resumes_and_recommends_what_the_plan_then_chooses() {
         status,
         [
             ("q8_0", CellStatus::Ok),
-            ("q5_K", CellStatus::Skipped),
-            ("q4_1", CellStatus::Ok)
+            ("q4_1", CellStatus::Ok),
+            ("q3_K", CellStatus::Skipped)
         ]
     );
     // --max-loss 100%: the faster decoder wins.
@@ -232,6 +232,6 @@ fn the_matrix_resumes_and_recommends_what_the_plan_then_chooses() {
         }
     })
     .unwrap();
-    assert_eq!(again, [true, false, true], "kept cells are read back");
+    assert_eq!(again, [true, true, false], "kept cells are read back");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -27,7 +27,7 @@ impl ActFormat {
             GgmlType::F16 => ActFormat::F16,
             GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => ActFormat::Q8_0,
             GgmlType::Q4_1 | GgmlType::Q5_1 => ActFormat::Q8_1,
-            GgmlType::Q4_K | GgmlType::Q6_K => ActFormat::Q8K,
+            GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => ActFormat::Q8K,
             _ => return None,
         })
     }

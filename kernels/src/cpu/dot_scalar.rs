@@ -151,6 +151,33 @@ pub fn q4_k(k: usize, w: &[u8], a: &[u8]) -> f32 {
     sum
 }
 
+/// Q5_K: Q4_K's nibbles and scales, and a fifth bit per value: bit `s` of `qh[l]` for value `l`
+/// of sub-block `s`.
+pub fn q5_k(k: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut sum = 0.0f32;
+    for (x, y) in w.chunks_exact(176).zip(a.chunks_exact(292)).take(k / 256) {
+        let (dy, q8, bsums) = q8k_parts(y);
+        let (sc, mins) = q4k_scales_mins(&x[4..16]);
+        let (qh, qs) = (&x[16..48], &x[48..176]);
+        let (mut sumi, mut summ) = (0i32, 0i32);
+        for j in 0..4 {
+            let (mut lo, mut hi) = (0i32, 0i32);
+            for l in 0..32 {
+                let q = qs[32 * j + l];
+                let h = qh[l] >> (2 * j);
+                lo += i32::from((q & 0x0F) | ((h & 1) << 4)) * i32::from(q8[64 * j + l] as i8);
+                hi += i32::from((q >> 4) | ((h & 2) << 3)) * i32::from(q8[64 * j + 32 + l] as i8);
+            }
+            sumi += i32::from(sc[2 * j]) * lo + i32::from(sc[2 * j + 1]) * hi;
+        }
+        for (s, m) in mins.iter().enumerate() {
+            summ += i32::from(*m) * (i32::from(bsums[2 * s]) + i32::from(bsums[2 * s + 1]));
+        }
+        sum += dy * f16_at(x, 0) * sumi as f32 - dy * f16_at(x, 2) * summ as f32;
+    }
+    sum
+}
+
 pub fn q6_k(k: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     for (x, y) in w.chunks_exact(210).zip(a.chunks_exact(292)).take(k / 256) {

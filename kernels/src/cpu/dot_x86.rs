@@ -475,27 +475,84 @@ macro_rules! x86_dots {
                 w: &[u8],
                 a: &[&[u8]; R],
             ) -> [f32; R] {
+                // SAFETY: the caller's guarantees.
+                unsafe { k4_rows::<R, false>(k, w, a) }
+            }
+
+            /// # Safety
+            /// As [`q4_0`].
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_k(k: usize, w: &[u8], a: &[u8]) -> f32 {
+                // SAFETY: the caller's guarantees, for the one row.
+                unsafe { q5_k_rows::<1>(k, w, &[a])[0] }
+            }
+
+            /// One Q5_K weight row against `R` activation rows: the Q4_K kernel with the fifth
+            /// bit of each value (bit `s` of `qh[l]` for value `l` of sub-block `s`) or-ed in as
+            /// 16 before the multiply-adds (values ≤ 31, so `maddubs` cannot saturate), as
+            /// ggml's `ggml_vec_dot_q5_K_q8_K`.
+            ///
+            /// # Safety
+            /// As [`q4_0`], for every row of `a`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_k_rows<const R: usize>(
+                k: usize,
+                w: &[u8],
+                a: &[&[u8]; R],
+            ) -> [f32; R] {
+                // SAFETY: the caller's guarantees.
+                unsafe { k4_rows::<R, true>(k, w, a) }
+            }
+
+            /// Q4_K (`FIVE` false: 144-byte blocks, nibbles at 16) or Q5_K (176-byte blocks,
+            /// `qh` at 16, nibbles at 48) against `R` rows of Q8_K activations.
+            ///
+            /// # Safety
+            /// As [`q4_0`], for every row of `a`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn k4_rows<const R: usize, const FIVE: bool>(
+                k: usize,
+                w: &[u8],
+                a: &[&[u8]; R],
+            ) -> [f32; R] {
+                let (bb, qs_at) = if FIVE { (176, 48) } else { (144, 16) };
                 debug_assert!(
-                    w.len() >= k / 256 * 144 && a.iter().all(|a| a.len() >= k / 256 * 292)
+                    w.len() >= k / 256 * bb && a.iter().all(|a| a.len() >= k / 256 * 292)
                 );
                 let m4 = _mm256_set1_epi8(0x0F);
+                let bit5 = _mm256_set1_epi8(0x10);
                 let mut acc = [_mm256_setzero_ps(); R];
                 let mut acc_m = [_mm_setzero_ps(); R];
                 for i in 0..k / 256 {
-                    let xb = &w[144 * i..144 * (i + 1)];
-                    // SAFETY: xb has 144 bytes.
+                    let xb = &w[bb * i..bb * (i + 1)];
+                    // SAFETY: xb has `bb` ≥ 144 bytes.
                     let (dx, dmx) = unsafe { (f16_at(xb.as_ptr()), f16_at(xb.as_ptr().add(2))) };
                     let (sc, mins) = crate::cpu::dot_scalar::q4k_scales_mins(&xb[4..16]);
-                    // SAFETY: all loads below stay inside xb (144 bytes) and each yb (292 bytes).
+                    // SAFETY: all loads below stay inside xb (`bb` bytes: qh ends at 48 and the
+                    // nibbles at `qs_at + 128 = bb`) and each yb (292 bytes).
                     unsafe {
                         let mins16 =
                             _mm_cvtepu8_epi16(_mm_loadl_epi64(mins.as_ptr() as *const __m128i));
-                        let mut q4 = [_mm256_setzero_si256(); 8];
+                        let qh = if FIVE {
+                            _mm256_loadu_si256(xb.as_ptr().add(16) as *const __m256i)
+                        } else {
+                            _mm256_setzero_si256()
+                        };
+                        let mut q = [_mm256_setzero_si256(); 8];
                         for j in 0..4 {
-                            let bits =
-                                _mm256_loadu_si256(xb.as_ptr().add(16 + 32 * j) as *const __m256i);
-                            q4[2 * j] = _mm256_and_si256(bits, m4);
-                            q4[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                            let bits = _mm256_loadu_si256(
+                                xb.as_ptr().add(qs_at + 32 * j) as *const __m256i
+                            );
+                            q[2 * j] = _mm256_and_si256(bits, m4);
+                            q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                            if FIVE {
+                                for s in [2 * j, 2 * j + 1] {
+                                    let mask = _mm256_set1_epi8(1 << s);
+                                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, mask), mask);
+                                    q[s] = _mm256_or_si256(q[s], _mm256_and_si256(set, bit5));
+                                }
+                            }
                         }
                         for r in 0..R {
                             let yb = &a[r][292 * i..292 * (i + 1)];
@@ -517,13 +574,11 @@ macro_rules! x86_dots {
                                 let scale_h = _mm256_set1_epi16(i16::from(sc[2 * j + 1]));
                                 let q8l = _mm256_loadu_si256(q8.add(64 * j) as *const __m256i);
                                 let q8h = _mm256_loadu_si256(q8.add(64 * j + 32) as *const __m256i);
-                                let p16l = _mm256_madd_epi16(
-                                    scale_l,
-                                    _mm256_maddubs_epi16(q4[2 * j], q8l),
-                                );
+                                let p16l =
+                                    _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(q[2 * j], q8l));
                                 let p16h = _mm256_madd_epi16(
                                     scale_h,
-                                    _mm256_maddubs_epi16(q4[2 * j + 1], q8h),
+                                    _mm256_maddubs_epi16(q[2 * j + 1], q8h),
                                 );
                                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16l, p16h));
                             }

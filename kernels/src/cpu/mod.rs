@@ -135,6 +135,7 @@ pub const MATMUL_TYPES: &[GgmlType] = &[
     GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::Q4_K,
+    GgmlType::Q5_K,
     GgmlType::Q6_K,
 ];
 
@@ -152,6 +153,7 @@ pub fn dot_fn(isa: Isa, ty: GgmlType) -> Option<DotFn> {
                 GgmlType::Q5_1 => m::q5_1,
                 GgmlType::Q8_0 => m::q8_0,
                 GgmlType::Q4_K => m::q4_k,
+                GgmlType::Q5_K => m::q5_k,
                 GgmlType::Q6_K => m::q6_k,
                 _ => return None,
             })
@@ -184,6 +186,7 @@ pub fn dot_rows_fn(isa: Isa, ty: GgmlType) -> Option<DotRowsFn> {
             GgmlType::Q5_0 => Some(safe_x86::avx2::q5_0_rows),
             GgmlType::Q5_1 => Some(safe_x86::avx2::q5_1_rows),
             GgmlType::Q4_K => Some(safe_x86::avx2::q4_k_rows),
+            GgmlType::Q5_K => Some(safe_x86::avx2::q5_k_rows),
             GgmlType::Q6_K => Some(safe_x86::avx2::q6_k_rows),
             _ => None,
         },
@@ -196,6 +199,7 @@ pub fn dot_rows_fn(isa: Isa, ty: GgmlType) -> Option<DotRowsFn> {
             GgmlType::Q5_0 => Some(safe_x86::avx512vnni::q5_0_rows),
             GgmlType::Q5_1 => Some(safe_x86::avx512vnni::q5_1_rows),
             GgmlType::Q4_K => Some(safe_x86::avx512vnni::q4_k_rows),
+            GgmlType::Q5_K => Some(safe_x86::avx512vnni::q5_k_rows),
             GgmlType::Q6_K => Some(safe_x86::avx512vnni::q6_k_rows),
             _ => None,
         },
@@ -263,13 +267,13 @@ mod safe_x86 {
         };
     }
     pub mod avx2 {
-        wrap!(@fns avx2: f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k);
-        wrap_rows!(avx2: f16_rows, q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, q4_k_rows, q6_k_rows);
+        wrap!(@fns avx2: f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k);
+        wrap_rows!(avx2: f16_rows, q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, q4_k_rows, q5_k_rows, q6_k_rows);
         wrap_tile!(avx2: q4_0_tile, q4_1_tile, q8_0_tile);
     }
     pub mod avx512vnni {
-        wrap!(@fns avx512vnni: f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k);
-        wrap_rows!(avx512vnni: f16_rows, q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, q4_k_rows, q6_k_rows);
+        wrap!(@fns avx512vnni: f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k);
+        wrap_rows!(avx512vnni: f16_rows, q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, q4_k_rows, q5_k_rows, q6_k_rows);
         wrap_tile!(avx512vnni: q4_0_tile, q4_1_tile, q8_0_tile);
     }
 }

@@ -25,7 +25,7 @@ use cubecl::{CubeCount, CubeDim};
 use kiln_quant::GgmlType;
 
 use super::{MATVEC_MAX_M, QMatmulOps, Reduction, Tiling};
-use crate::cube_blocks::{T_Q4_1, code, decode8, q4_1_min, row_bytes};
+use crate::cube_blocks::{block_min, code, decode8, has_block_min, row_bytes};
 use crate::cube_util::round_to_f16;
 
 /// Units per cube of the mat-vec kernel (a power of two: the shared-memory tree needs it).
@@ -74,10 +74,10 @@ fn qmatvec_kernel(
     while g < groups {
         let j0 = g * 8;
         decode8(words, rb, j0, k, &mut vals, ty, false);
-        if comptime!(ty == T_Q4_1) {
+        if comptime!(has_block_min(ty)) {
             // The block's `m · s` term, once per block (on its first group).
             if j0 % 32 == 0 {
-                let bm = q4_1_min(words, rb, j0);
+                let bm = block_min(words, rb, j0, ty);
                 #[unroll]
                 for r in 0..m {
                     acc[r] += bm * xsum[r * (k / 32) + j0 / 32];
@@ -187,7 +187,7 @@ fn qmatmul_tiled_kernel(
     let u = UNIT_POS as usize;
     let mut xs = Shared::<[f32]>::new_slice(comptime!(tm * 32));
     let mut ws = Shared::<[f32]>::new_slice(2048usize);
-    // Q4_1: the tile's block minima (W rows) and activation block sums (x rows).
+    // Q4_1/Q5_1: the tile's block minima (W rows) and activation block sums (x rows).
     let mut wmin = Shared::<[f32]>::new_slice(64usize);
     let mut xsums = Shared::<[f32]>::new_slice(comptime!(tm));
     let mut vals = Array::<f32>::new(8usize);
@@ -226,11 +226,11 @@ fn qmatmul_tiled_kernel(
             for i in 0..8usize {
                 ws[(load_col + i) * 64 + load_row] = vals[i];
             }
-            if comptime!(ty == T_Q4_1) {
+            if comptime!(has_block_min(ty)) {
                 if load_col == 0 {
                     let mut bm = 0.0f32;
                     if wr < n {
-                        bm = q4_1_min(words, wr * row_bytes, kt);
+                        bm = block_min(words, wr * row_bytes, kt, ty);
                     }
                     wmin[load_row] = bm;
                 }
@@ -251,7 +251,7 @@ fn qmatmul_tiled_kernel(
                 }
                 xs[(load_col + i) * tm + load_row] = v;
             }
-            if comptime!(ty == T_Q4_1) {
+            if comptime!(has_block_min(ty)) {
                 if load_col == 0 {
                     let mut bs = 0.0f32;
                     if xr < m {
@@ -281,7 +281,7 @@ fn qmatmul_tiled_kernel(
                 }
             }
         }
-        if comptime!(ty == T_Q4_1) {
+        if comptime!(has_block_min(ty)) {
             #[unroll]
             for i in 0..pm {
                 #[unroll]
@@ -368,14 +368,14 @@ const FMT_Q8_1: u32 = 3;
 const FMT_Q8K: u32 = 1;
 const FMT_F16: u32 = 2;
 
-/// `x` (`n` values, whole blocks) rounded for a dot product with `ty` weights, and (Q4_1) the
+/// `x` (`n` values, whole blocks) rounded for a dot product with `ty` weights, and (Q4_1, Q5_1) the
 /// f16 sums `s` of its blocks; `None` for f32 weights.
 fn round_activations(x: &CubeTensor, ty: GgmlType) -> Option<(CubeTensor, CubeTensor)> {
     let fmt = match ty {
         GgmlType::F32 => return None,
         GgmlType::F16 => FMT_F16,
-        GgmlType::Q4_K | GgmlType::Q6_K => FMT_Q8K,
-        GgmlType::Q4_1 => FMT_Q8_1,
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => FMT_Q8K,
+        GgmlType::Q4_1 | GgmlType::Q5_1 => FMT_Q8_1,
         _ => FMT_Q8,
     };
     let n = x.meta.shape().num_elements();
@@ -475,11 +475,11 @@ fn qmatmul_tiled_vec4_kernel(
                 v.insert(j, vals[i]);
                 wv[i] = v;
             }
-            if comptime!(ty == T_Q4_1) {
+            if comptime!(has_block_min(ty)) {
                 if kg == 0 {
                     let mut bm = 0.0f32;
                     if wr < n {
-                        bm = q4_1_min(words, wr * row_bytes, kt);
+                        bm = block_min(words, wr * row_bytes, kt, ty);
                     }
                     wmin[rg * 4 + j] = bm;
                 }
@@ -510,7 +510,7 @@ fn qmatmul_tiled_vec4_kernel(
                     vv.insert(j, v);
                     xv[i] = vv;
                 }
-                if comptime!(ty == T_Q4_1) {
+                if comptime!(has_block_min(ty)) {
                     if kx == 0 {
                         let mut bs = 0.0f32;
                         if xr < m {
@@ -540,7 +540,7 @@ fn qmatmul_tiled_vec4_kernel(
                 }
             }
         }
-        if comptime!(ty == T_Q4_1) {
+        if comptime!(has_block_min(ty)) {
             #[unroll]
             for a in 0..4usize {
                 #[unroll]
@@ -609,7 +609,7 @@ pub(crate) fn launch_qmatmul(
 ) -> CubeTensor {
     let ty_code = code(ty).expect("qmatmul: caller checked the type");
     let x = into_contiguous(x);
-    // Without block sums (every type but Q4_1) the kernels never read `xsum`: bind `x` there
+    // Without block sums (every type but Q4_1 and Q5_1) the kernels never read `xsum`: bind `x` there
     // rather than upload a placeholder per call.
     let (x, xsum) = match round_activations(&x, ty) {
         Some(rounded) => rounded,

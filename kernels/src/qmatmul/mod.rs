@@ -72,7 +72,7 @@ pub enum Tiling {
 }
 
 /// Shared memory of the vec4 tiled kernel: activation and weight tiles (128 and 64 rows × 32),
-/// Q4_1's block minima and sums.
+/// Q4_1/Q5_1 block minima and sums.
 pub const VEC4_SHARED_BYTES: usize = (128 * 32 + 64 * 32 + 64 + 128) * 4;
 /// Shared memory of the scalar tiled kernel (32 activation rows).
 pub const SCALAR_SHARED_BYTES: usize = (32 * 32 + 64 * 32 + 64 + 32) * 4;
