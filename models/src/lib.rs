@@ -4,6 +4,7 @@
 //!
 pub mod bert;
 mod error;
+pub mod image;
 pub mod llama;
 pub mod sentence;
 pub mod tokenizer;
