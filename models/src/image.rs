@@ -13,7 +13,7 @@
 
 use std::io::Cursor;
 
-use fast_image_resize::images::Image as FirImage;
+use fast_image_resize::images::{Image as FirImage, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 use rayon::prelude::*;
@@ -218,7 +218,8 @@ pub fn resize_crop(rgb: &RgbImage, spec: &ImageSpec) -> Result<RgbImage, ImageEr
     let resized = if (rw, rh) == (w, h) {
         rgb.clone()
     } else {
-        let src = FirImage::from_vec_u8(w, h, rgb.as_raw().clone(), PixelType::U8x3)
+        // Borrowed: no copy of the decoded image.
+        let src = ImageRef::new(w, h, rgb.as_raw(), PixelType::U8x3)
             .map_err(|e| ImageError::Decode(e.to_string()))?;
         let mut dst = FirImage::new(rw, rh, PixelType::U8x3);
         let filter = match spec.filter {
