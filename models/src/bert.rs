@@ -155,16 +155,32 @@ impl TokenBatch {
     }
 }
 
-struct LayerNorm {
+pub(crate) struct LayerNorm {
     gamma: Tensor<1>,
     beta: Tensor<1>,
     eps: f64,
 }
 
 impl LayerNorm {
+    /// `{name}.weight` and `{name}.bias`, `width` wide.
+    pub(crate) fn load(
+        w: &mut Weights,
+        name: &str,
+        width: usize,
+        eps: f64,
+        device: &Device,
+    ) -> Result<Self> {
+        let t1 = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [width]), device);
+        Ok(LayerNorm {
+            gamma: t1(w.get(&format!("{name}.weight"), &[width])?),
+            beta: t1(w.get(&format!("{name}.bias"), &[width])?),
+            eps,
+        })
+    }
+
     /// `LayerNorm(x + residual)` over the last dimension (`torch.nn.LayerNorm`, biased
     /// variance).
-    fn forward(&self, x: Tensor<2>, residual: Tensor<2>) -> Tensor<2> {
+    pub(crate) fn forward(&self, x: Tensor<2>, residual: Tensor<2>) -> Tensor<2> {
         encoder::add_layer_norm(x, residual, &self.gamma, &self.beta, self.eps as f32)
     }
 }
@@ -173,14 +189,28 @@ impl LayerNorm {
 /// packed for the encoder's fused dense kernel, or GGUF blocks (f16, q8_0) for Kiln's
 /// quantized matrix product (activations rounded to the weight's dot format, as llama.cpp
 /// does), then bias and GELU.
-enum Dense {
+pub(crate) enum Dense {
     Packed(PackedLinear),
     Blocks { w: QTensor, bias: Tensor<1> },
 }
 
 impl Dense {
+    /// `{name}.weight` (`[out, in]`) and `{name}.bias`.
+    pub(crate) fn load(
+        w: &mut Weights,
+        name: &str,
+        out: usize,
+        inp: usize,
+        format: GgmlType,
+        device: &Device,
+    ) -> Result<Self> {
+        let weight = w.get(&format!("{name}.weight"), &[out, inp])?;
+        let bias = w.get(&format!("{name}.bias"), &[out])?;
+        Dense::new(&weight, bias, out, inp, format, device)
+    }
+
     /// From PyTorch's `[out, in]` weight.
-    fn new(
+    pub(crate) fn new(
         w: &[f32],
         b: Vec<f32>,
         out: usize,
@@ -199,7 +229,7 @@ impl Dense {
         })
     }
 
-    fn forward(&self, x: Tensor<2>, act: Act) -> Result<Tensor<2>> {
+    pub(crate) fn forward(&self, x: Tensor<2>, act: Act) -> Result<Tensor<2>> {
         match self {
             Dense::Packed(p) => Ok(encoder::dense(x, p, act)),
             Dense::Blocks { w, bias } => {
@@ -213,7 +243,9 @@ impl Dense {
     }
 }
 
-struct Layer {
+/// One post-LayerNorm BERT block (`BertLayer`): self-attention, residual + LayerNorm, GELU
+/// feed-forward, residual + LayerNorm.
+pub(crate) struct Layer {
     /// Q, K and V side by side: `[hidden, 3·hidden]`.
     qkv: Dense,
     attn_out: Dense,
@@ -221,6 +253,101 @@ struct Layer {
     ffn_up: Dense,
     ffn_down: Dense,
     ffn_norm: LayerNorm,
+    heads: usize,
+}
+
+/// A block's widths.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LayerShape {
+    pub hidden: usize,
+    pub heads: usize,
+    pub ffn: usize,
+    pub eps: f64,
+}
+
+impl Layer {
+    /// The block under `{p}.attention.*`, `{p}.intermediate.*`, `{p}.output.*`.
+    pub(crate) fn load(
+        w: &mut Weights,
+        p: &str,
+        shape: LayerShape,
+        format: GgmlType,
+        device: &Device,
+    ) -> Result<Self> {
+        let LayerShape {
+            hidden: h,
+            ffn: ff,
+            eps,
+            ..
+        } = shape;
+        // Q, K, V fused into one [h, 3h] matrix: one matmul instead of three.
+        let mut qkv_w = Vec::with_capacity(3 * h * h);
+        let mut qkv_b = Vec::with_capacity(3 * h);
+        for part in ["query", "key", "value"] {
+            qkv_w.extend(w.get(&format!("{p}.attention.self.{part}.weight"), &[h, h])?);
+            qkv_b.extend(w.get(&format!("{p}.attention.self.{part}.bias"), &[h])?);
+        }
+        Ok(Layer {
+            qkv: Dense::new(&qkv_w, qkv_b, 3 * h, h, format, device)?,
+            attn_out: Dense::load(
+                w,
+                &format!("{p}.attention.output.dense"),
+                h,
+                h,
+                format,
+                device,
+            )?,
+            attn_norm: LayerNorm::load(
+                w,
+                &format!("{p}.attention.output.LayerNorm"),
+                h,
+                eps,
+                device,
+            )?,
+            ffn_up: Dense::load(w, &format!("{p}.intermediate.dense"), ff, h, format, device)?,
+            ffn_down: Dense::load(w, &format!("{p}.output.dense"), h, ff, format, device)?,
+            ffn_norm: LayerNorm::load(w, &format!("{p}.output.LayerNorm"), h, eps, device)?,
+            heads: shape.heads,
+        })
+    }
+
+    /// `x` holds `lengths.len()` rows of `seq` tokens (`[rows·seq, hidden]`); keys past a
+    /// row's length are masked, so padding never changes a real token's state (padded
+    /// positions come out as junk, never read).
+    pub(crate) fn forward(&self, x: Tensor<2>, lengths: &[usize], seq: usize) -> Result<Tensor<2>> {
+        let [_, h] = x.dims();
+        let qkv = self.qkv.forward(x.clone(), Act::None)?; // [b·s, 3h]
+        let ctx = encoder::self_attention(qkv, lengths, seq, self.heads, h / self.heads);
+        let x = self
+            .attn_norm
+            .forward(self.attn_out.forward(ctx, Act::None)?, x);
+        let up = self.ffn_up.forward(x.clone(), Act::Gelu)?;
+        Ok(self
+            .ffn_norm
+            .forward(self.ffn_down.forward(up, Act::None)?, x))
+    }
+}
+
+/// Every width a weight format needs whole blocks of, checked before loading.
+pub(crate) fn check_format(model: &str, format: GgmlType, widths: &[usize]) -> Result<()> {
+    if !WEIGHT_FORMATS.contains(&format) {
+        return Err(ModelError::Config(format!(
+            "{model} weights as {}: Kiln runs f32, f16 or q8_0",
+            format.name()
+        )));
+    }
+    if format != GgmlType::F32
+        && let Some(w) = widths
+            .iter()
+            .find(|w| !w.is_multiple_of(format.block_size()))
+    {
+        return Err(ModelError::Config(format!(
+            "{model} weights as {}: width {w} is not a whole number of {}-value blocks",
+            format.name(),
+            format.block_size()
+        )));
+    }
+    Ok(())
 }
 
 /// The weight formats a BERT encoder loads as (the dense weights and the word-embedding
@@ -245,7 +372,7 @@ pub struct Bert {
 }
 
 /// Named weights read from a safetensors file, as f32 with their shapes.
-struct Weights<'a> {
+pub(crate) struct Weights<'a> {
     st: SafeTensors<'a>,
     /// `bert.` or `` — checkpoints saved from `BertForX` carry the prefix.
     prefix: String,
@@ -253,23 +380,32 @@ struct Weights<'a> {
 }
 
 impl<'a> Weights<'a> {
-    fn new(bytes: &'a [u8], path: &Path) -> Result<Self> {
+    /// Names with `prefix` prepended (`""` for none).
+    pub(crate) fn with_prefix(bytes: &'a [u8], path: &Path, prefix: &str) -> Result<Self> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
-        let prefix = if st.names().iter().any(|n| n.starts_with("bert.embeddings.")) {
-            "bert.".to_string()
-        } else {
-            String::new()
-        };
         Ok(Self {
             st,
-            prefix,
+            prefix: prefix.to_string(),
             used: HashSet::new(),
         })
     }
 
+    /// Checkpoints saved from `BertForX` carry a `bert.` prefix; found from the file.
+    fn new(bytes: &'a [u8], path: &Path) -> Result<Self> {
+        let mut w = Self::with_prefix(bytes, path, "")?;
+        if w.st
+            .names()
+            .iter()
+            .any(|n| n.starts_with("bert.embeddings."))
+        {
+            w.prefix = "bert.".to_string();
+        }
+        Ok(w)
+    }
+
     /// The tensor `name` (without prefix) as f32, checked against `shape`.
-    fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    pub(crate) fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let full = format!("{}{name}", self.prefix);
         let view = self
             .st
@@ -308,14 +444,13 @@ impl<'a> Weights<'a> {
         Ok(values)
     }
 
-    /// Names in the file that the encoder did not read, except known leftovers.
-    fn unused(&self) -> Vec<String> {
+    /// Names in the file that were not read and are not `leftover`s, sorted.
+    pub(crate) fn unused(&self, leftover: impl Fn(&str) -> bool) -> Vec<String> {
         let mut v: Vec<String> = self
             .st
             .names()
             .into_iter()
-            .filter(|n| !self.used.contains(*n))
-            .filter(|n| !n.ends_with("position_ids") && !n.contains("pooler."))
+            .filter(|n| !self.used.contains(*n) && !leftover(n))
             .map(str::to_string)
             .collect();
         v.sort();
@@ -369,46 +504,15 @@ impl Bert {
         format: GgmlType,
     ) -> Result<Self> {
         config.check()?;
-        if !WEIGHT_FORMATS.contains(&format) {
-            return Err(ModelError::Config(format!(
-                "BERT weights as {}: Kiln runs f32, f16 or q8_0",
-                format.name()
-            )));
-        }
-        if format != GgmlType::F32
-            && (!config.hidden_size.is_multiple_of(format.block_size())
-                || !config.intermediate_size.is_multiple_of(format.block_size()))
-        {
-            return Err(ModelError::Config(format!(
-                "BERT weights as {}: widths {} and {} are not whole {}-value blocks",
-                format.name(),
-                config.hidden_size,
-                config.intermediate_size,
-                format.block_size()
-            )));
-        }
+        check_format(
+            "BERT",
+            format,
+            &[config.hidden_size, config.intermediate_size],
+        )?;
         let mut w = Weights::new(bytes, path)?;
         let h = config.hidden_size;
-        let ff = config.intermediate_size;
-        let eps = config.layer_norm_eps;
         let t2 = |v: Vec<f32>, r: usize, c: usize| {
             Tensor::<2>::from_data(TensorData::new(v, [r, c]), device)
-        };
-        let t1 = |v: Vec<f32>| {
-            let n = v.len();
-            Tensor::<1>::from_data(TensorData::new(v, [n]), device)
-        };
-        let norm = |w: &mut Weights, name: &str| -> Result<LayerNorm> {
-            Ok(LayerNorm {
-                gamma: t1(w.get(&format!("{name}.weight"), &[h])?),
-                beta: t1(w.get(&format!("{name}.bias"), &[h])?),
-                eps,
-            })
-        };
-        let dense = |w: &mut Weights, name: &str, out: usize, inp: usize| -> Result<Dense> {
-            let weight = w.get(&format!("{name}.weight"), &[out, inp])?;
-            let bias = w.get(&format!("{name}.bias"), &[out])?;
-            Dense::new(&weight, bias, out, inp, format, device)
         };
 
         let word_f32 = w.get("embeddings.word_embeddings.weight", &[config.vocab_size, h])?;
@@ -440,28 +544,23 @@ impl Bert {
             config.type_vocab_size,
             h,
         );
-        let emb_norm = norm(&mut w, "embeddings.LayerNorm")?;
-
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for l in 0..config.num_hidden_layers {
-            let p = format!("encoder.layer.{l}");
-            // Q, K, V fused into one [h, 3h] matrix: one matmul instead of three.
-            let mut qkv_w = Vec::with_capacity(3 * h * h);
-            let mut qkv_b = Vec::with_capacity(3 * h);
-            for part in ["query", "key", "value"] {
-                qkv_w.extend(w.get(&format!("{p}.attention.self.{part}.weight"), &[h, h])?);
-                qkv_b.extend(w.get(&format!("{p}.attention.self.{part}.bias"), &[h])?);
-            }
-            layers.push(Layer {
-                qkv: Dense::new(&qkv_w, qkv_b, 3 * h, h, format, device)?,
-                attn_out: dense(&mut w, &format!("{p}.attention.output.dense"), h, h)?,
-                attn_norm: norm(&mut w, &format!("{p}.attention.output.LayerNorm"))?,
-                ffn_up: dense(&mut w, &format!("{p}.intermediate.dense"), ff, h)?,
-                ffn_down: dense(&mut w, &format!("{p}.output.dense"), h, ff)?,
-                ffn_norm: norm(&mut w, &format!("{p}.output.LayerNorm"))?,
-            });
-        }
-        let unused = w.unused();
+        let emb_norm = LayerNorm::load(
+            &mut w,
+            "embeddings.LayerNorm",
+            h,
+            config.layer_norm_eps,
+            device,
+        )?;
+        let shape = LayerShape {
+            hidden: h,
+            heads: config.num_attention_heads,
+            ffn: config.intermediate_size,
+            eps: config.layer_norm_eps,
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|l| Layer::load(&mut w, &format!("encoder.layer.{l}"), shape, format, device))
+            .collect::<Result<Vec<_>>>()?;
+        let unused = w.unused(|n| n.ends_with("position_ids") || n.contains("pooler."));
         if !unused.is_empty() {
             return Err(ModelError::Config(format!(
                 "{}: tensors the BERT encoder does not use: {}",
@@ -521,7 +620,7 @@ impl Bert {
         self.check_batch(batch)?;
         let (b, s) = (batch.rows(), batch.seq_len);
         let c = &self.config;
-        let (h, nh, hd) = (c.hidden_size, c.num_attention_heads, c.head_dim());
+        let h = c.hidden_size;
         let ids = |v: &[u32]| {
             let v: Vec<i32> = v.iter().map(|&i| i as i32).collect();
             Tensor::<1, Int>::from_data(TensorData::new(v, [b * s]), &self.device)
@@ -538,16 +637,7 @@ impl Bert {
         let mut x = self.emb_norm.forward(x, rows(&self.position, &positions));
 
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(x.clone(), Act::None)?; // [b·s, 3h]
-            // Keys past a row's length are masked inside the kernel.
-            let ctx = encoder::self_attention(qkv, &batch.lengths, s, nh, hd);
-            x = layer
-                .attn_norm
-                .forward(layer.attn_out.forward(ctx, Act::None)?, x);
-            let up = layer.ffn_up.forward(x.clone(), Act::Gelu)?;
-            x = layer
-                .ffn_norm
-                .forward(layer.ffn_down.forward(up, Act::None)?, x);
+            x = layer.forward(x, &batch.lengths, s)?;
         }
         Ok(x.reshape([b, s, h]))
     }

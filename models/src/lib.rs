@@ -5,6 +5,7 @@
 pub mod bert;
 mod error;
 pub mod image;
+pub mod interbert;
 pub mod llama;
 pub mod sentence;
 pub mod tokenizer;

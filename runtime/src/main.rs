@@ -10,6 +10,7 @@ use kiln_runtime::quantize::{QuantizeRequest, QuantizeSummary, parse_target, qua
 use kiln_runtime::{RuntimeError, probe_devices};
 
 mod cli_embed;
+mod cli_interbert;
 mod cli_llm;
 mod cli_tradeoffs;
 
@@ -104,6 +105,8 @@ enum BenchCommand {
     Llm(cli_llm::BenchLlmArgs),
     /// Embedding speed: texts/s and tokens/s over a file of texts, peak memory.
     Embed(cli_embed::BenchEmbedArgs),
+    /// InterBERT image–text matching: ITM pairs/s on synthetic (caption, regions) pairs.
+    Interbert(cli_interbert::BenchInterbertArgs),
 }
 
 fn main() -> ExitCode {
@@ -128,6 +131,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Bench {
             what: BenchCommand::Embed(args),
         } => cli_embed::bench(args)?,
+        Command::Bench {
+            what: BenchCommand::Interbert(args),
+        } => cli_interbert::bench(args)?,
         Command::Embed(args) => cli_embed::embed(args)?,
         Command::Tradeoffs(args) => cli_tradeoffs::tradeoffs(args)?,
         Command::TradeoffsCell(args) => cli_tradeoffs::cell(args)?,

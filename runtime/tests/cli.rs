@@ -712,3 +712,57 @@ mod tradeoffs {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+mod interbert {
+    use super::kiln;
+
+    const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/interbert/model");
+
+    #[test]
+    fn bench_prints_pairs_per_second() {
+        let out = kiln(&[
+            "bench",
+            "interbert",
+            "-m",
+            MODEL,
+            "--pairs",
+            "5",
+            "--batch",
+            "2",
+            "--regions",
+            "3",
+            "-r",
+            "2",
+            "-t",
+            "1",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["pairs"], 5);
+        assert_eq!(r["pairs_per_second"].as_array().unwrap().len(), 2);
+        // Captions of 8 + (7·i mod 23) tokens: 8, 15, 22, 29, 13.
+        assert_eq!(r["caption_tokens"], 87);
+        assert!(r["median_pairs_per_second"].as_f64().unwrap() > 0.0);
+    }
+
+    #[test]
+    fn bench_refuses_bad_flags() {
+        let zero = kiln(&["bench", "interbert", "-m", MODEL, "--batch", "0"]);
+        assert_eq!(zero.status.code(), Some(2));
+        let fmt = kiln(&["bench", "interbert", "-m", MODEL, "--format", "q4_0"]);
+        assert_eq!(
+            fmt.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&fmt.stderr)
+        );
+        assert!(String::from_utf8_lossy(&fmt.stderr).contains("q4_0"));
+        let dir = kiln(&["bench", "interbert", "-m", "/nonexistent"]);
+        assert_eq!(dir.status.code(), Some(2));
+    }
+}
