@@ -8,7 +8,7 @@
 //! CUDA).
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
@@ -328,6 +328,14 @@ impl Layer {
     }
 }
 
+/// `dir/model.safetensors`: its path (for errors) and bytes.
+pub(crate) fn read_safetensors(dir: &Path) -> Result<(PathBuf, Vec<u8>)> {
+    let path = dir.join("model.safetensors");
+    let bytes =
+        std::fs::read(&path).map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+    Ok((path, bytes))
+}
+
 /// Every width a weight format needs whole blocks of, checked before loading.
 pub(crate) fn check_format(model: &str, format: GgmlType, widths: &[usize]) -> Result<()> {
     if !WEIGHT_FORMATS.contains(&format) {
@@ -444,6 +452,12 @@ impl<'a> Weights<'a> {
         Ok(values)
     }
 
+    /// The shape of `name` (without prefix), if the file has it.
+    pub(crate) fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let full = format!("{}{name}", self.prefix);
+        self.st.tensor(&full).ok().map(|v| v.shape().to_vec())
+    }
+
     /// Names in the file that were not read and are not `leftover`s, sorted.
     pub(crate) fn unused(&self, leftover: impl Fn(&str) -> bool) -> Vec<String> {
         let mut v: Vec<String> = self
@@ -479,9 +493,7 @@ impl Bert {
     /// `format` ([`WEIGHT_FORMATS`]: f32, f16, q8_0) as they load.
     pub fn load_as(dir: &Path, device: &Device, format: GgmlType) -> Result<Self> {
         let config = BertConfig::from_file(&dir.join("config.json"))?;
-        let path = dir.join("model.safetensors");
-        let bytes = std::fs::read(&path)
-            .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+        let (path, bytes) = read_safetensors(dir)?;
         Self::from_safetensors_as(config, &bytes, &path, device, format)
     }
 

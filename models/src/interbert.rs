@@ -33,7 +33,7 @@ use serde::Deserialize;
 use kiln_kernels::cpu::gemm::Act;
 use kiln_quant::GgmlType;
 
-use crate::bert::{Dense, Layer, LayerNorm, LayerShape, Weights, check_format};
+use crate::bert::{Dense, Layer, LayerNorm, LayerShape, Weights, check_format, read_safetensors};
 use crate::{ModelError, Result};
 
 /// `config.json` as `scripts/convert/interbert.py` writes it (the repository's `BertConfig`
@@ -279,9 +279,7 @@ impl InterBert {
     /// q8_0; embeddings, the 5-d box projection, norms and heads stay f32).
     pub fn load_as(dir: &Path, device: &Device, format: GgmlType) -> Result<Self> {
         let config = InterBertConfig::from_file(&dir.join("config.json"))?;
-        let path = dir.join("model.safetensors");
-        let bytes = std::fs::read(&path)
-            .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+        let (path, bytes) = read_safetensors(dir)?;
         Self::from_safetensors(config, &bytes, &path, device, format)
     }
 
@@ -477,7 +475,7 @@ impl InterBert {
         };
         let n_img: Vec<usize> = pairs.iter().map(|p| p.image.tokens()).collect();
         let n_txt: Vec<usize> = pairs.iter().map(|p| p.text.len()).collect();
-        let (img_total, txt_total) = (n_img.iter().sum::<usize>(), n_txt.iter().sum::<usize>());
+        let img_total: usize = n_img.iter().sum();
 
         // Text embeddings, unpadded: [Σ tokens, h].
         let ids: Vec<i32> = pairs
@@ -487,8 +485,8 @@ impl InterBert {
             .collect();
         let pos: Vec<i32> = n_txt.iter().flat_map(|&t| 0..t as i32).collect();
         let t = &self.text;
-        let text = t.word.clone().select(0, index(ids))
-            + t.token_type.clone().select(0, index(vec![0; txt_total]));
+        // Token type 0 for every token: its row, broadcast.
+        let text = t.word.clone().select(0, index(ids)) + t.token_type.clone().slice([0..1, 0..h]);
         let text = t
             .norm
             .forward(text, t.position.clone().select(0, index(pos)));

@@ -42,12 +42,7 @@ impl EmbedModelArgs {
                 self.model.display()
             )));
         }
-        // The CPU needs no probing (probing wgpu can print driver noise).
-        let device = if self.device == "cpu" {
-            burn::tensor::Device::flex()
-        } else {
-            probe_devices().find(&self.device)?.burn_device()?
-        };
+        let device = device_named(&self.device)?;
         Ok(Embedder::load(&self.model, &device)?.with_batch_tokens(self.batch_tokens))
     }
 
@@ -278,4 +273,14 @@ pub fn bench(args: BenchEmbedArgs) -> Result<()> {
         print!("{}", report.render());
     }
     Ok(())
+}
+
+/// The Burn device for a `--device` flag; the CPU needs no probing (probing wgpu can print
+/// driver noise).
+pub(crate) fn device_named(name: &str) -> Result<burn::tensor::Device> {
+    if name == "cpu" {
+        Ok(burn::tensor::Device::flex())
+    } else {
+        probe_devices().find(name)?.burn_device()
+    }
 }

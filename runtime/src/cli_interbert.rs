@@ -11,7 +11,7 @@ use kiln_models::interbert::{InterBert, Pair, Regions};
 use kiln_quant::GgmlType;
 
 use kiln_runtime::embed::bench::peak_rss_bytes;
-use kiln_runtime::{Result, RuntimeError, probe_devices};
+use kiln_runtime::{Result, RuntimeError};
 
 #[derive(Args)]
 pub struct BenchInterbertArgs {
@@ -116,11 +116,7 @@ pub fn bench(args: BenchInterbertArgs) -> Result<()> {
             args.model.display()
         )));
     }
-    let device = if args.device == "cpu" {
-        burn::tensor::Device::flex()
-    } else {
-        probe_devices().find(&args.device)?.burn_device()?
-    };
+    let device = crate::cli_embed::device_named(&args.device)?;
     let model = InterBert::load_as(&args.model, &device, format)?;
     let c = model.config();
     let data = synthetic(args.pairs, args.regions, c.v_feature_size, c.vocab_size)?;

@@ -78,6 +78,16 @@ fn cases() -> Vec<Case> {
         .collect()
 }
 
+fn pairs(cases: &[Case]) -> Vec<Pair<'_>> {
+    cases
+        .iter()
+        .map(|c| Pair {
+            text: &c.text,
+            image: &c.image,
+        })
+        .collect()
+}
+
 fn rows(t: Tensor<3>) -> Vec<Vec<f32>> {
     let [b, s, h] = t.dims();
     let v = t.into_data().try_into_vec::<f32>().unwrap();
@@ -99,13 +109,7 @@ fn check(device: &Device, what: &str) -> (f32, f32, f32) {
     let cases = cases();
     let model = InterBert::load(&dir().join("model"), device).unwrap();
     let h = model.config().hidden_size;
-    let pairs: Vec<Pair> = cases
-        .iter()
-        .map(|c| Pair {
-            text: &c.text,
-            image: &c.image,
-        })
-        .collect();
+    let pairs = pairs(&cases);
     let out = model.forward(&pairs).unwrap();
     let text_states = rows(out.text_states);
     let image_states = rows(out.image_states);
@@ -165,13 +169,7 @@ fn wgpu_matches_the_pytorch_reference() {
 fn q8_0_weights_stay_close() {
     let cases = cases();
     let model = InterBert::load_as(&dir().join("model"), &Device::flex(), GgmlType::Q8_0).unwrap();
-    let pairs: Vec<Pair> = cases
-        .iter()
-        .map(|c| Pair {
-            text: &c.text,
-            image: &c.image,
-        })
-        .collect();
+    let pairs = pairs(&cases);
     let got = model.itm_scores(&pairs, 8).unwrap();
     for (g, c) in got.iter().zip(&cases) {
         assert!(
