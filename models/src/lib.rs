@@ -7,6 +7,7 @@ mod error;
 pub mod image;
 pub mod interbert;
 pub mod llama;
+pub mod mambarec;
 pub mod sentence;
 pub mod tokenizer;
 

@@ -12,6 +12,7 @@ use kiln_runtime::{RuntimeError, probe_devices};
 mod cli_embed;
 mod cli_interbert;
 mod cli_llm;
+mod cli_mambarec;
 mod cli_tradeoffs;
 
 /// Kiln: an inference runtime for e-commerce search and recommendation models.
@@ -85,6 +86,9 @@ enum Command {
     /// Embed the texts of a JSONL, CSV or Parquet file into Parquet or .npy: resumable after a
     /// kill, bad records to an errors file, a progress bar.
     Embed(cli_embed::EmbedArgs),
+    /// Top-k item recommendations per user from a MambaRec model (training items left out),
+    /// as JSONL.
+    Recommend(cli_mambarec::RecommendArgs),
     /// Which weight format to deploy on which device: every format measured on every device for
     /// speed, memory and accuracy, with a report (JSON, Markdown, SVG plots) and a
     /// recommendation per device that `kiln plan` then follows.
@@ -107,6 +111,8 @@ enum BenchCommand {
     Embed(cli_embed::BenchEmbedArgs),
     /// InterBERT image–text matching: ITM pairs/s on synthetic (caption, regions) pairs.
     Interbert(cli_interbert::BenchInterbertArgs),
+    /// MambaRec: load time (weights, graphs) and full-forward time.
+    Mambarec(cli_mambarec::BenchMambaRecArgs),
 }
 
 fn main() -> ExitCode {
@@ -134,6 +140,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Bench {
             what: BenchCommand::Interbert(args),
         } => cli_interbert::bench(args)?,
+        Command::Bench {
+            what: BenchCommand::Mambarec(args),
+        } => cli_mambarec::bench(args)?,
+        Command::Recommend(args) => cli_mambarec::recommend(args)?,
         Command::Embed(args) => cli_embed::embed(args)?,
         Command::Tradeoffs(args) => cli_tradeoffs::tradeoffs(args)?,
         Command::TradeoffsCell(args) => cli_tradeoffs::cell(args)?,

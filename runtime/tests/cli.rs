@@ -766,3 +766,104 @@ mod interbert {
         assert_eq!(dir.status.code(), Some(2));
     }
 }
+
+mod mambarec {
+    use super::kiln;
+
+    const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/mambarec/model");
+
+    fn jsonl(stdout: &[u8]) -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+
+    #[test]
+    fn recommend_writes_one_ranked_row_per_user() {
+        let out = kiln(&["recommend", "-m", MODEL, "--users", "0-2,7", "-k", "20"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows = jsonl(&out.stdout);
+        let users: Vec<u64> = rows.iter().map(|r| r["user"].as_u64().unwrap()).collect();
+        assert_eq!(users, vec![0, 1, 2, 7]);
+        for r in &rows {
+            let items = r["items"].as_array().unwrap();
+            let scores: Vec<f64> = r["scores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_f64().unwrap())
+                .collect();
+            assert_eq!(items.len(), 20);
+            assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+            let mut distinct: Vec<u64> = items.iter().map(|i| i.as_u64().unwrap()).collect();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 20);
+        }
+        // The same lists through a file, and every user by default.
+        let path = std::env::temp_dir().join(format!("kiln-recs-{}.jsonl", std::process::id()));
+        let out = kiln(&[
+            "recommend",
+            "-m",
+            MODEL,
+            "-k",
+            "20",
+            "-o",
+            path.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let all = jsonl(&std::fs::read(&path).unwrap());
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(all.len(), 300);
+        assert_eq!(all[7], rows[3]);
+    }
+
+    #[test]
+    fn recommend_refuses_bad_requests() {
+        for (args, code) in [
+            (vec!["-k", "0"], 2),
+            (vec!["--users", "5-2"], 2),
+            (vec!["--users", "300"], 2),
+            (vec!["--users", "abc"], 2),
+        ] {
+            let mut a = vec!["recommend", "-m", MODEL];
+            a.extend(args.iter());
+            let out = kiln(&a);
+            assert_eq!(
+                out.status.code(),
+                Some(code),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = kiln(&["recommend", "-m", "/nonexistent"]);
+        assert_eq!(out.status.code(), Some(2));
+    }
+
+    #[test]
+    fn bench_reports_load_and_forward_times() {
+        let out = kiln(&[
+            "bench", "mambarec", "-m", MODEL, "-r", "2", "-t", "1", "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["users"], 300);
+        assert_eq!(r["items"], 500);
+        assert_eq!(r["forward_s"].as_array().unwrap().len(), 2);
+        assert!(r["median_forward_s"].as_f64().unwrap() > 0.0);
+        assert!(r["load_graphs_s"].as_f64().unwrap() > 0.0);
+    }
+}

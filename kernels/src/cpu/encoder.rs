@@ -166,6 +166,8 @@ unsafe fn one_head_avx512(
     match s.head_dim {
         32 => unsafe { avx512::head::<32, 2, 8>(qkv, len, b, head, s, out, scratch) },
         64 => unsafe { avx512::head::<64, 4, 4>(qkv, len, b, head, s, out, scratch) },
+        // InterBERT's image layers: v_hidden_size 768 in 8 heads.
+        96 => unsafe { avx512::head::<96, 6, 4>(qkv, len, b, head, s, out, scratch) },
         _ => unsafe { one_head_generic(qkv, len, b, head, s, out, scratch) },
     }
 }
@@ -465,6 +467,7 @@ unsafe fn one_head_generic(
     match s.head_dim {
         32 => unsafe { head_fixed::<32>(qkv, len, b, head, s, out, scratch) },
         64 => unsafe { head_fixed::<64>(qkv, len, b, head, s, out, scratch) },
+        96 => unsafe { head_fixed::<96>(qkv, len, b, head, s, out, scratch) },
         _ => unsafe { head_any(qkv, len, b, head, s, out, scratch) },
     }
 }
@@ -768,6 +771,7 @@ mod tests {
             (3, 40, 12, 32, vec![40, 33, 1]),
             (2, 130, 4, 16, vec![130, 129]),
             (2, 21, 2, 64, vec![21, 5]),
+            (2, 38, 2, 96, vec![38, 11]),
             (1, 33, 1, 32, vec![16]),
         ] {
             let s = AttnShape {
