@@ -46,6 +46,10 @@ use graph::{Csr, Interactions};
 
 use kiln_kernels::cpu::gemm::Act;
 
+/// More graph propagation layers than this in a config is refused (the reference uses 4 and 1;
+/// a hostile config must not make a forward pass run for ever).
+pub const MAX_LAYERS: usize = 64;
+
 /// `config.json` as `scripts/convert/mambarec.py` writes it.
 #[derive(Clone, Debug, Deserialize)]
 pub struct MambaRecConfig {
@@ -75,6 +79,14 @@ impl MambaRecConfig {
             return Err(ModelError::Config(format!(
                 "{}: users, items, embedding_size and knn_k must be positive",
                 path.display()
+            )));
+        }
+        if c.n_ui_layers > MAX_LAYERS || c.n_layers > MAX_LAYERS {
+            return Err(ModelError::Config(format!(
+                "{}: n_ui_layers {} / n_layers {}: at most {MAX_LAYERS} propagation layers",
+                path.display(),
+                c.n_ui_layers,
+                c.n_layers
             )));
         }
         if c.image_feat_dim == 0 && c.text_feat_dim == 0 {
@@ -309,8 +321,6 @@ impl MambaRec {
     pub fn load_timed(dir: &Path, device: &Device) -> Result<(Self, LoadTimes)> {
         let t0 = std::time::Instant::now();
         let config = MambaRecConfig::from_file(&dir.join("config.json"))?;
-        let inter_path: PathBuf = dir.join(&config.interactions);
-        let interactions = Interactions::read(&inter_path, config.n_users, config.n_items)?;
         let (path, bytes) = read_safetensors(dir)?;
         let mut w = Weights::with_prefix(&bytes, &path, "")?;
         let (d, nu, ni) = (config.embedding_size, config.n_users, config.n_items);
@@ -319,6 +329,9 @@ impl MambaRec {
         };
         let users = t2(w.get("user_embedding.weight", &[nu, d])?, nu, d);
         let items = t2(w.get("item_id_embedding.weight", &[ni, d])?, ni, d);
+        // After the tables: the counts the interactions are checked against are now the file's.
+        let inter_path: PathBuf = dir.join(&config.interactions);
+        let interactions = Interactions::read(&inter_path, nu, ni)?;
         let dense = |w: &mut Weights, name: &str, out: usize, inp: usize| {
             Dense::load(w, name, out, inp, GgmlType::F32, device)
         };

@@ -181,6 +181,24 @@ fn bad_model_directories_are_errors() {
             "must be positive",
         ),
         (
+            broken(
+                "layers",
+                "config.json",
+                text(|s| s.replace("\"n_ui_layers\": 4", "\"n_ui_layers\": 1000000000")),
+            ),
+            "at most 64 propagation layers",
+        ),
+        (
+            // A config claiming a billion users is checked against the tables before anything
+            // is sized by it.
+            broken(
+                "users",
+                "config.json",
+                text(|s| s.replace("\"n_users\": 300", "\"n_users\": 1000000000")),
+            ),
+            "user_embedding.weight: expected shape [1000000000, 64]",
+        ),
+        (
             broken("weights", "model.safetensors", |b| {
                 b[..b.len() / 2].to_vec()
             }),
