@@ -298,9 +298,8 @@ pub struct MambaRec {
     prefer_text: Dense,
     /// `D^-½ A D^-½` over users ++ items.
     norm_adj: Csr,
-    /// Its user × item block.
+    /// Its user × item block; row `u`'s columns are user `u`'s training items.
     r: Csr,
-    interactions: Interactions,
     device: Device,
 }
 
@@ -335,9 +334,8 @@ impl MambaRec {
         let dense = |w: &mut Weights, name: &str, out: usize, inp: usize| {
             Dense::load(w, name, out, inp, GgmlType::F32, device)
         };
-        // Weights first, originals last: the graphs are built after the rest is checked.
-        let mut originals = Vec::new();
-        let mut modalities = [None, None];
+        // Every weight is read and checked first; the (slow) graphs are built after.
+        let mut pending = [None, None];
         for (slot, (name, feat)) in [
             ("image", config.image_feat_dim),
             ("text", config.text_feat_dim),
@@ -381,8 +379,7 @@ impl MambaRec {
                 d,
             )?;
             let original = w.get(&format!("original.{name}_feat"), &[ni, feat])?;
-            originals.push((slot, name, original, feat));
-            modalities[slot] = Some((t2(table, ni, feat), proj, dream, gate));
+            pending[slot] = Some((name, feat, original, t2(table, ni, feat), proj, dream, gate));
         }
         let norm_gamma =
             Tensor::from_data(TensorData::new(w.get("norm.weight", &[d])?, [d]), device);
@@ -402,28 +399,27 @@ impl MambaRec {
         let read = t0.elapsed().as_secs_f64();
         let t1 = std::time::Instant::now();
         let (norm_adj, r) = interactions.normalized_adjacency();
-        let mut built = [None, None];
-        for (slot, name, original, feat) in originals {
-            built[slot] = Some(
-                graph::knn_graph(&original, ni, feat, config.knn_k)
-                    .map_err(|e| ModelError::Config(format!("{name} kNN graph: {e}")))?,
-            );
-        }
-        let [image_parts, text_parts] = modalities;
-        let [image_adj, text_adj] = built;
-        let make = |p: Option<(Tensor<2>, Dense, Dream, Dense)>, adj: Option<Csr>| {
-            p.zip(adj)
-                .map(|((table, proj, dream, gate), adj)| Modality {
-                    table,
-                    proj,
-                    dream,
-                    gate,
-                    adj,
-                })
-        };
+        let mut modalities = pending.into_iter().map(|p| {
+            p.map(
+                |(name, feat, original, table, proj, dream, gate)| -> Result<Modality> {
+                    let adj = graph::knn_graph(&original, ni, feat, config.knn_k)
+                        .map_err(|e| ModelError::Config(format!("{name} kNN graph: {e}")))?;
+                    Ok(Modality {
+                        table,
+                        proj,
+                        dream,
+                        gate,
+                        adj,
+                    })
+                },
+            )
+            .transpose()
+        });
+        let image = modalities.next().expect("two slots")?;
+        let text = modalities.next().expect("two slots")?;
         let model = MambaRec {
-            image: make(image_parts, image_adj),
-            text: make(text_parts, text_adj),
+            image,
+            text,
             config,
             users,
             items,
@@ -435,7 +431,6 @@ impl MambaRec {
             prefer_text,
             norm_adj,
             r,
-            interactions,
             device: device.clone(),
         };
         let graphs = t1.elapsed().as_secs_f64();
@@ -446,28 +441,27 @@ impl MambaRec {
         &self.config
     }
 
-    pub fn interactions(&self) -> &Interactions {
-        &self.interactions
+    /// User `u`'s training items (the ones `recommend` leaves out), sorted.
+    pub fn train_items(&self, u: usize) -> &[u32] {
+        self.r.row(u).0
+    }
+
+    fn modality(&self, name: &str) -> Option<&Modality> {
+        match name {
+            "image" => self.image.as_ref(),
+            "text" => self.text.as_ref(),
+            _ => None,
+        }
     }
 
     /// The DREAM block of a modality (`"image"` or `"text"`), for running it on its own.
     pub fn dream(&self, modality: &str) -> Option<&Dream> {
-        match modality {
-            "image" => self.image.as_ref(),
-            "text" => self.text.as_ref(),
-            _ => None,
-        }
-        .map(|m| &m.dream)
+        self.modality(modality).map(|m| &m.dream)
     }
 
     /// The kNN item graph of a modality (`"image"` or `"text"`), as built at load.
     pub fn knn_graph(&self, modality: &str) -> Option<&Csr> {
-        match modality {
-            "image" => self.image.as_ref(),
-            "text" => self.text.as_ref(),
-            _ => None,
-        }
-        .map(|m| &m.adj)
+        self.modality(modality).map(|m| &m.adj)
     }
 
     fn to_host(&self, t: Tensor<2>) -> Result<Vec<f32>> {
@@ -565,7 +559,7 @@ impl MambaRec {
             .par_iter()
             .map(|&u| {
                 let q = emb.user(u);
-                let seen = self.interactions.train_items(u);
+                let seen = self.train_items(u);
                 let mut scores: Vec<(u32, f32)> = (0..n_items)
                     .filter(|i| seen.binary_search(&(*i as u32)).is_err())
                     .map(|i| (i as u32, dot(q, emb.item(i))))

@@ -22,20 +22,21 @@ fn expected() -> Vec<u8> {
     std::fs::read(dir().join("expected.safetensors")).unwrap()
 }
 
-fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
+/// A 4-byte little-endian tensor of the expected outputs, each element through `from`.
+fn words<T>(st: &SafeTensors, name: &str, from: fn([u8; 4]) -> T) -> Vec<T> {
     let t = st.tensor(name).unwrap_or_else(|_| panic!("{name}"));
     t.data()
         .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .map(|b| from([b[0], b[1], b[2], b[3]]))
         .collect()
 }
 
+fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
+    words(st, name, f32::from_le_bytes)
+}
+
 fn i32s(st: &SafeTensors, name: &str) -> Vec<i32> {
-    let t = st.tensor(name).unwrap_or_else(|_| panic!("{name}"));
-    t.data()
-        .chunks_exact(4)
-        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+    words(st, name, i32::from_le_bytes)
 }
 
 /// The worst |Δ| / (|want| + 1e-2·max|want|), asserted ≤ 1e-4.
@@ -93,7 +94,7 @@ fn check(device: &Device, what: &str) {
     for (user, rec) in recs.iter().enumerate() {
         let got: Vec<i32> = rec.iter().map(|r| r.0 as i32).collect();
         assert_eq!(got, want[user * 20..][..20], "{what}: user {user}'s top 20");
-        let seen = model.interactions().train_items(user);
+        let seen = model.train_items(user);
         assert!(rec.iter().all(|r| seen.binary_search(&r.0).is_err()));
     }
 

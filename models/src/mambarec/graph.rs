@@ -94,8 +94,6 @@ pub struct Interactions {
     pub n_items: usize,
     /// Per user, `(item, count)` sorted by item.
     train: Vec<Vec<(u32, u32)>>,
-    /// Per user, the training items alone (for masking).
-    items: Vec<Vec<u32>>,
 }
 
 impl Interactions {
@@ -143,27 +141,16 @@ impl Interactions {
                 *train[u].entry(i as u32).or_insert(0) += 1;
             }
         }
-        let train: Vec<Vec<(u32, u32)>> =
-            train.into_iter().map(|m| m.into_iter().collect()).collect();
-        let items = train
-            .iter()
-            .map(|r| r.iter().map(|&(i, _)| i).collect())
-            .collect();
         Ok(Interactions {
             n_users,
             n_items,
-            train,
-            items,
+            train: train.into_iter().map(|m| m.into_iter().collect()).collect(),
         })
     }
 
-    /// User `u`'s training items, sorted.
-    pub fn train_items(&self, u: usize) -> &[u32] {
-        &self.items[u]
-    }
-
     /// The reference's `get_adj_mat`: `A = [[0, R], [Rᵀ, 0]]` over users ++ items,
-    /// `D^-½ A D^-½` (`D` the row sums, `0^-½` taken as 0), and its user × item block.
+    /// `D^-½ A D^-½` (`D` the row sums, `0^-½` taken as 0), and its user × item block (whose
+    /// row `u` lists exactly user `u`'s training items).
     pub fn normalized_adjacency(&self) -> (Csr, Csr) {
         let (nu, ni) = (self.n_users, self.n_items);
         let mut deg = vec![0f32; nu + ni];
