@@ -70,7 +70,7 @@ impl BertConfig {
         Ok(config)
     }
 
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         let bad = |msg: String| Err(ModelError::Config(msg));
         if !matches!(self.model_type.as_str(), "bert") {
             return Err(ModelError::Architecture(self.model_type.clone()));
@@ -522,6 +522,26 @@ impl Bert {
             &[config.hidden_size, config.intermediate_size],
         )?;
         let mut w = Weights::new(bytes, path)?;
+        let bert = Self::from_weights(config, &mut w, device, format)?;
+        let unused = w.unused(|n| n.ends_with("position_ids") || n.contains("pooler."));
+        if !unused.is_empty() {
+            return Err(ModelError::Config(format!(
+                "{}: tensors the BERT encoder does not use: {}",
+                path.display(),
+                unused.join(", ")
+            )));
+        }
+        Ok(bert)
+    }
+
+    /// The encoder under `w`'s prefix (`embeddings.*`, `encoder.layer.N.*`); the caller
+    /// checks `config` and the format, and what is left unread.
+    pub(crate) fn from_weights(
+        config: BertConfig,
+        w: &mut Weights,
+        device: &Device,
+        format: GgmlType,
+    ) -> Result<Self> {
         let h = config.hidden_size;
         let t2 = |v: Vec<f32>, r: usize, c: usize| {
             Tensor::<2>::from_data(TensorData::new(v, [r, c]), device)
@@ -556,13 +576,8 @@ impl Bert {
             config.type_vocab_size,
             h,
         );
-        let emb_norm = LayerNorm::load(
-            &mut w,
-            "embeddings.LayerNorm",
-            h,
-            config.layer_norm_eps,
-            device,
-        )?;
+        let emb_norm =
+            LayerNorm::load(w, "embeddings.LayerNorm", h, config.layer_norm_eps, device)?;
         let shape = LayerShape {
             hidden: h,
             heads: config.num_attention_heads,
@@ -570,16 +585,8 @@ impl Bert {
             eps: config.layer_norm_eps,
         };
         let layers = (0..config.num_hidden_layers)
-            .map(|l| Layer::load(&mut w, &format!("encoder.layer.{l}"), shape, format, device))
+            .map(|l| Layer::load(w, &format!("encoder.layer.{l}"), shape, format, device))
             .collect::<Result<Vec<_>>>()?;
-        let unused = w.unused(|n| n.ends_with("position_ids") || n.contains("pooler."));
-        if !unused.is_empty() {
-            return Err(ModelError::Config(format!(
-                "{}: tensors the BERT encoder does not use: {}",
-                path.display(),
-                unused.join(", ")
-            )));
-        }
         Ok(Self {
             config,
             word,

@@ -3,6 +3,7 @@
 //! preprocessing. No CLI and no I/O beyond reading model files.
 //!
 pub mod bert;
+pub mod cope;
 mod error;
 pub mod image;
 pub mod interbert;

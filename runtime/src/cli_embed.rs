@@ -6,23 +6,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use kiln_models::cope::Domain;
 use kiln_runtime::embed::input::{Fields, Reader, Row};
-use kiln_runtime::embed::job::{self, DEFAULT_CHUNK_ROWS, JobConfig, Progress};
-use kiln_runtime::embed::{DEFAULT_BATCH_TOKENS, Embedder, bench};
+use kiln_runtime::embed::job::{
+    self, DEFAULT_CHUNK_ROWS, DEFAULT_CHUNK_ROWS_IMAGES, JobConfig, Progress,
+};
+use kiln_runtime::embed::{Embedder, bench};
 use kiln_runtime::{Result, RuntimeError, probe_devices};
 
 #[derive(Args)]
 pub struct EmbedModelArgs {
     /// The model directory (sentence-transformers layout: config.json, model.safetensors,
-    /// tokenizer.json, modules.json, 1_Pooling/).
+    /// tokenizer.json, modules.json, 1_Pooling/; or a COPE directory from
+    /// scripts/convert/cope.py).
     #[arg(long, short = 'm')]
     model: PathBuf,
     /// Where to run: cpu, wgpu[:N] or cuda[:N] (`kiln devices` lists them).
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Padded tokens per batch (rows × longest row).
-    #[arg(long, default_value_t = DEFAULT_BATCH_TOKENS)]
-    batch_tokens: usize,
+    /// Padded tokens per batch (rows × longest row) [default: 2048]; for COPE, frames per
+    /// batch [default: 16].
+    #[arg(long)]
+    batch_tokens: Option<usize>,
     /// CPU worker threads (default: every core).
     #[arg(long, short = 't')]
     threads: Option<usize>,
@@ -31,7 +36,7 @@ pub struct EmbedModelArgs {
 impl EmbedModelArgs {
     fn load(&self) -> Result<Embedder> {
         crate::cli_llm::set_threads(self.threads)?;
-        if self.batch_tokens == 0 {
+        if self.batch_tokens == Some(0) {
             return Err(RuntimeError::Usage(
                 "--batch-tokens must be at least 1".into(),
             ));
@@ -43,7 +48,11 @@ impl EmbedModelArgs {
             )));
         }
         let device = device_named(&self.device)?;
-        Ok(Embedder::load(&self.model, &device)?.with_batch_tokens(self.batch_tokens))
+        let embedder = Embedder::load(&self.model, &device)?;
+        Ok(match self.batch_tokens {
+            Some(n) => embedder.with_batch_tokens(n),
+            None => embedder,
+        })
     }
 
     fn threads(&self) -> usize {
@@ -61,9 +70,18 @@ pub struct EmbedArgs {
     /// Output: FILE.parquet (id + embedding) or FILE.npy (+ FILE.ids.jsonl).
     #[arg(long, short = 'o')]
     output: PathBuf,
-    /// The field holding the text.
+    /// The field holding the text (for COPE product pages, the title).
     #[arg(long, default_value = "text")]
     text_field: String,
+    /// Multimodal models: the field holding image paths — one for a product page; a clip's
+    /// frames as a JSON array or one string of `|`-separated paths (sampled to the model's
+    /// clip length at segment centres). Relative paths are under the input file's directory.
+    /// Default for COPE: "image" (product) or "frames" (video, live).
+    #[arg(long)]
+    image_field: Option<String>,
+    /// Multimodal models: what the records are (COPE: product, video or live).
+    #[arg(long)]
+    domain: Option<String>,
     /// The field holding the row id (unique).
     #[arg(long, default_value = "id")]
     id_field: String,
@@ -73,9 +91,9 @@ pub struct EmbedArgs {
     /// Exit with status 1 when any record failed.
     #[arg(long)]
     strict: bool,
-    /// Records per committed chunk (what a kill can lose).
-    #[arg(long, default_value_t = DEFAULT_CHUNK_ROWS, hide = true)]
-    chunk_rows: usize,
+    /// Records per committed chunk (what a kill can lose) [default: 4096; 64 with images].
+    #[arg(long, hide = true)]
+    chunk_rows: Option<usize>,
 }
 
 /// A progress bar on a terminal; otherwise a log line every 10 seconds.
@@ -156,16 +174,45 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
     }
     // Check the output name before loading the model.
     job::JobPaths::for_output(&args.output)?;
-    let embedder = Arc::new(args.model.load()?);
+    let mut embedder = args.model.load()?;
+    if let Some(d) = &args.domain {
+        let domain = Domain::parse(d).map_err(|e| RuntimeError::Usage(e.to_string()))?;
+        embedder = embedder.with_domain(domain)?;
+    }
+    let images = match (&args.image_field, embedder.domain()) {
+        (Some(_), None) => {
+            return Err(RuntimeError::Usage(format!(
+                "--image-field: {} is a text model",
+                embedder.name()
+            )));
+        }
+        (field, Some(domain)) => Some(field.clone().unwrap_or_else(|| {
+            match domain {
+                Domain::Product => "image",
+                Domain::Video | Domain::Live => "frames",
+            }
+            .to_string()
+        })),
+        (None, None) => None,
+    };
+    let chunk_rows = args.chunk_rows.unwrap_or(if images.is_some() {
+        DEFAULT_CHUNK_ROWS_IMAGES
+    } else {
+        DEFAULT_CHUNK_ROWS
+    });
+    let fields = Fields {
+        id: Some(args.id_field.clone()),
+        text: args.text_field.clone(),
+        images,
+        text_required: embedder.takes_text(),
+    };
+    let embedder = Arc::new(embedder);
     let cfg = JobConfig {
         input: args.input.clone(),
         output: args.output.clone(),
-        fields: Fields {
-            id: Some(args.id_field.clone()),
-            text: args.text_field.clone(),
-        },
+        fields,
         overwrite: args.overwrite,
-        chunk_rows: args.chunk_rows,
+        chunk_rows,
     };
     let reporter = std::cell::RefCell::new(Reporter::new());
     let summary = job::run(
@@ -231,13 +278,7 @@ fn read_texts(path: &std::path::Path, text_field: &str) -> Result<Vec<String>> {
             .map(str::to_string)
             .collect());
     }
-    let mut reader = Reader::open(
-        path,
-        Fields {
-            id: None,
-            text: text_field.to_string(),
-        },
-    )?;
+    let mut reader = Reader::open(path, Fields::text(None, text_field.to_string()))?;
     let mut texts = Vec::new();
     while let Some(row) = reader.next_row()? {
         match row {

@@ -9,6 +9,7 @@ use kiln_runtime::inspect::{GgufSummary, human_bytes};
 use kiln_runtime::quantize::{QuantizeRequest, QuantizeSummary, parse_target, quantize_file};
 use kiln_runtime::{RuntimeError, probe_devices};
 
+mod cli_cope;
 mod cli_embed;
 mod cli_interbert;
 mod cli_llm;
@@ -111,6 +112,8 @@ enum BenchCommand {
     Embed(cli_embed::BenchEmbedArgs),
     /// InterBERT image–text matching: ITM pairs/s on synthetic (caption, regions) pairs.
     Interbert(cli_interbert::BenchInterbertArgs),
+    /// COPE: product-page embeddings (title + image) per second.
+    Cope(cli_cope::BenchCopeArgs),
     /// MambaRec: load time (weights, graphs) and full-forward time.
     Mambarec(cli_mambarec::BenchMambaRecArgs),
 }
@@ -143,6 +146,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Bench {
             what: BenchCommand::Mambarec(args),
         } => cli_mambarec::bench(args)?,
+        Command::Bench {
+            what: BenchCommand::Cope(args),
+        } => cli_cope::bench(args)?,
         Command::Recommend(args) => cli_mambarec::recommend(args)?,
         Command::Embed(args) => cli_embed::embed(args)?,
         Command::Tradeoffs(args) => cli_tradeoffs::tradeoffs(args)?,

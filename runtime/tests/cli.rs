@@ -867,3 +867,255 @@ mod mambarec {
         assert!(r["load_graphs_s"].as_f64().unwrap() > 0.0);
     }
 }
+
+mod cope {
+    use super::kiln;
+    use std::path::{Path, PathBuf};
+
+    const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data");
+
+    fn model() -> String {
+        format!("{DATA}/cope/model")
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("kiln-cope-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Tensor `name` of a safetensors file (f32), as rows of its last dimension.
+    fn expected(name: &str) -> Vec<Vec<f32>> {
+        let bytes = std::fs::read(format!("{DATA}/cope/expected.safetensors")).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let t = &header[name];
+        let shape: Vec<usize> = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        let off: Vec<usize> = t["data_offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        let v: Vec<f32> = bytes[8 + n + off[0]..8 + n + off[1]]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        v.chunks_exact(*shape.last().unwrap())
+            .map(<[f32]>::to_vec)
+            .collect()
+    }
+
+    /// A `.npy` file of f32 rows `dim` wide.
+    fn npy(path: &Path, dim: usize) -> Vec<Vec<f32>> {
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(&bytes[..6], b"\x93NUMPY");
+        let header = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        bytes[10 + header..]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect::<Vec<_>>()
+            .chunks_exact(dim)
+            .map(<[f32]>::to_vec)
+            .collect()
+    }
+
+    fn cosine(a: &[f32], b: &[f32]) -> f32 {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (n(a) * n(b))
+    }
+
+    fn fixture_json() -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(format!("{DATA}/cope/expected.json")).unwrap())
+            .unwrap()
+    }
+
+    fn strings(v: &serde_json::Value) -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Product pages from a JSONL file (relative image paths), with bad records beside the
+    /// good ones: the good rows are the reference's embeddings, the bad ones are in the errors
+    /// file, the job finishes.
+    #[test]
+    fn embed_product_pages_from_jsonl_with_images() {
+        let dir = temp("products");
+        let refs = format!("{DATA}/images/ref/cope");
+        std::os::unix::fs::symlink(&refs, dir.join("imgs")).unwrap();
+        std::fs::write(dir.join("empty.png"), b"").unwrap();
+        let exp = fixture_json();
+        let titles = strings(&exp["titles"]);
+        let products = strings(&exp["products"]);
+        let mut lines = Vec::new();
+        for (i, (t, p)) in titles.iter().zip(&products).enumerate() {
+            lines.push(
+                serde_json::json!({"id": format!("p{i}"), "text": t, "image": format!("imgs/{p}")}),
+            );
+        }
+        lines.push(serde_json::json!({"id": "no-file", "text": "x", "image": "imgs/none.png"}));
+        lines.push(serde_json::json!({"id": "zero", "text": "x", "image": "empty.png"}));
+        lines.push(
+            serde_json::json!({"id": "two", "text": "x", "image": ["imgs/a.png", "imgs/b.png"]}),
+        );
+        lines.push(serde_json::json!({"id": "no-image", "text": "x"}));
+        let input = dir.join("pages.jsonl");
+        let body: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        std::fs::write(&input, body.join("\n") + "\n").unwrap();
+        let out = dir.join("pages.npy");
+        let run = kiln(&[
+            "embed",
+            "-m",
+            &model(),
+            "-i",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "-t",
+            "1",
+        ]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let got = npy(&out, 128);
+        let want = expected("product");
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!(cosine(g, w) >= 0.9999, "cosine {}", cosine(g, w));
+        }
+        let ids = std::fs::read_to_string(dir.join("pages.ids.jsonl")).unwrap();
+        assert_eq!(ids.lines().count(), 6);
+        let errors = std::fs::read_to_string(dir.join("pages.npy.errors.jsonl")).unwrap();
+        for (id, why) in [
+            ("no-file", "none.png"),
+            ("zero", "empty file"),
+            ("two", "one image"),
+            ("no-image", "missing field \\\"image\\\""),
+        ] {
+            let line = errors
+                .lines()
+                .find(|l| l.contains(&format!("\"{id}\"")))
+                .unwrap_or_else(|| panic!("{id} in {errors}"));
+            assert!(line.contains(why), "{id}: {line}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Short videos from a CSV of `|`-separated frame lists: a 24-frame list is sampled to 8
+    /// frames at segment centres as the reference's dataset does, and a single image stays one.
+    #[test]
+    fn embed_videos_from_csv_frame_lists() {
+        let dir = temp("videos");
+        let refs = format!("{DATA}/images/ref/cope");
+        let mut files: Vec<String> = std::fs::read_dir(&refs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let exp = fixture_json();
+        let single = strings(&exp["video_single"][0]);
+        let all: Vec<String> = files.iter().map(|f| format!("{refs}/{f}")).collect();
+        let csv = format!(
+            "id,frames\nv24,{}\nv1,{refs}/{}\n",
+            all.join("|"),
+            single[0]
+        );
+        let input = dir.join("videos.csv");
+        std::fs::write(&input, csv).unwrap();
+        let out = dir.join("videos.npy");
+        let run = kiln(&[
+            "embed",
+            "-m",
+            &model(),
+            "--domain",
+            "video",
+            "-i",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let got = npy(&out, 128);
+        let (v, s) = (expected("video"), expected("video_single"));
+        assert!(
+            cosine(&got[0], &v[0]) >= 0.9999,
+            "{}",
+            cosine(&got[0], &v[0])
+        );
+        assert!(
+            cosine(&got[1], &s[0]) >= 0.9999,
+            "{}",
+            cosine(&got[1], &s[0])
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn embed_refuses_images_for_text_models_and_bad_domains() {
+        let dir = temp("refuse");
+        let input = dir.join("x.jsonl");
+        std::fs::write(&input, "{\"id\": 1, \"text\": \"a\"}\n").unwrap();
+        let out = dir.join("x.npy");
+        let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+        let bad = kiln(&[
+            "embed",
+            "-m",
+            &model(),
+            "--domain",
+            "photo",
+            "-i",
+            i,
+            "-o",
+            o,
+        ]);
+        assert_eq!(bad.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&bad.stderr).contains("photo"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bench_prints_product_pages_per_second() {
+        let out = kiln(&[
+            "bench",
+            "cope",
+            "-m",
+            &model(),
+            "--pages",
+            "3",
+            "--batch",
+            "2",
+            "-r",
+            "2",
+            "-t",
+            "1",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["pages"], 3);
+        assert_eq!(r["pages_per_second"].as_array().unwrap().len(), 2);
+        assert!(r["median_pages_per_second"].as_f64().unwrap() > 0.0);
+        let zero = kiln(&["bench", "cope", "-m", &model(), "--batch", "0"]);
+        assert_eq!(zero.status.code(), Some(2));
+    }
+}

@@ -105,7 +105,7 @@ fn tokenizer_matches_sentence_transformers() {
     for (text, ids) in want.texts.iter().zip(&want.token_ids) {
         let got = embedder.tokenize(text).unwrap();
         assert_eq!(&got.ids, ids, "token ids of {text:?}");
-        truncated += usize::from(ids.len() == embedder.model().max_seq_length());
+        truncated += usize::from(ids.len() == embedder.sentence_model().unwrap().max_seq_length());
     }
     assert!(
         truncated >= 20,

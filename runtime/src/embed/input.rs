@@ -1,4 +1,6 @@
-//! Input of the batch embedding job: JSONL, CSV or Parquet rows with an id and a text field.
+//! Input of the batch embedding job: JSONL, CSV or Parquet rows with an id and a text field,
+//! and for multimodal models an image field: one path, or several (a JSON array of strings, or
+//! one string with the paths separated by `|`) for a clip's frames.
 //!
 //! A record that cannot be used (missing field, non-UTF-8 bytes, empty text) is a
 //! [`Row::Bad`] carrying its line (row number for Parquet) and the reason; only I/O failures and
@@ -48,6 +50,8 @@ pub enum Row {
         line: u64,
         id: String,
         text: String,
+        /// Image paths as the file gives them (empty without an image field).
+        images: Vec<String>,
     },
     Bad {
         line: u64,
@@ -64,28 +68,60 @@ impl Row {
     }
 }
 
-/// Which fields hold the id and the text.
+/// Which fields hold the id, the text and the image paths.
 #[derive(Clone, Debug)]
 pub struct Fields {
     /// `None`: rows are identified by their line (row) number.
     pub id: Option<String>,
     pub text: String,
+    /// The field of image paths (multimodal models); `None` for text-only input.
+    pub images: Option<String>,
+    /// Whether a row needs a text (video and live clips are embedded from frames alone).
+    pub text_required: bool,
+}
+
+impl Fields {
+    /// An id and a text field, no images.
+    pub fn text(id: Option<String>, text: String) -> Self {
+        Self {
+            id,
+            text,
+            images: None,
+            text_required: true,
+        }
+    }
+}
+
+/// The image paths of one cell: `|`-separated, blanks dropped.
+fn split_paths(s: &str) -> Vec<String> {
+    s.split('|')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Usage(format!("{}: {e}", path.display()))
 }
 
-/// Checks a text and an id into a row.
-fn make_row(line: u64, id: Option<String>, text: Option<String>, fields: &Fields) -> Row {
+/// Checks a text, image paths and an id into a row.
+fn make_row(
+    line: u64,
+    id: Option<String>,
+    text: Option<String>,
+    images: std::result::Result<Vec<String>, String>,
+    fields: &Fields,
+) -> Row {
     let Some(id_field) = &fields.id else {
         return make_row(
             line,
             Some(line.to_string()),
             text,
+            images,
             &Fields {
                 id: Some(String::new()),
-                text: fields.text.clone(),
+                ..fields.clone()
             },
         );
     };
@@ -103,18 +139,40 @@ fn make_row(line: u64, id: Option<String>, text: Option<String>, fields: &Fields
             reason: format!("field {id_field:?} is empty"),
         };
     }
+    let images = match (images, &fields.images) {
+        (Err(reason), _) => {
+            return Row::Bad {
+                line,
+                id: Some(id),
+                reason,
+            };
+        }
+        (Ok(v), Some(f)) if v.is_empty() => {
+            return Row::Bad {
+                line,
+                id: Some(id),
+                reason: format!("no image path in field {f:?}"),
+            };
+        }
+        (Ok(v), _) => v,
+    };
     match text {
-        None => Row::Bad {
+        None if fields.text_required => Row::Bad {
             line,
             id: Some(id),
             reason: format!("missing field {:?}", fields.text),
         },
-        Some(t) if t.trim().is_empty() => Row::Bad {
+        Some(t) if t.trim().is_empty() && fields.text_required => Row::Bad {
             line,
             id: Some(id),
             reason: format!("field {:?} is empty", fields.text),
         },
-        Some(text) => Row::Ok { line, id, text },
+        text => Row::Ok {
+            line,
+            id,
+            text: text.unwrap_or_default(),
+            images,
+        },
     }
 }
 
@@ -168,7 +226,22 @@ fn jsonl_row(line: u64, bytes: &[u8], fields: &Fields) -> Row {
             };
         }
     };
-    make_row(line, id, text, fields)
+    let images = match &fields.images {
+        None => Ok(Vec::new()),
+        Some(f) => match obj.get(f) {
+            None | Some(serde_json::Value::Null) => Err(format!("missing field {f:?}")),
+            Some(serde_json::Value::String(s)) => Ok(split_paths(s)),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| format!("field {f:?} holds something other than path strings")),
+            Some(other) => Err(format!(
+                "field {f:?} is not a path or an array of paths: {other}"
+            )),
+        },
+    };
+    make_row(line, id, text, images, fields)
 }
 
 /// Reads the rows of a file in order.
@@ -187,6 +260,7 @@ enum Inner {
         reader: csv::Reader<File>,
         id_col: Option<usize>,
         text_col: Option<usize>,
+        image_col: Option<usize>,
         record: csv::ByteRecord,
     },
     Parquet {
@@ -212,16 +286,23 @@ impl Reader {
                 let col = |name: &str| headers.iter().position(|h| h == name.as_bytes());
                 let id_col = fields.id.as_deref().and_then(col);
                 let text_col = col(&fields.text);
-                if text_col.is_none() {
+                if text_col.is_none() && fields.text_required {
                     return Err(io_err(
                         path,
                         format!("the CSV header has no column {:?}", fields.text),
                     ));
                 }
+                let image_col = match &fields.images {
+                    None => None,
+                    Some(f) => Some(col(f).ok_or_else(|| {
+                        io_err(path, format!("the CSV header has no column {f:?}"))
+                    })?),
+                };
                 Inner::Csv {
                     reader,
                     id_col,
                     text_col,
+                    image_col,
                     record: csv::ByteRecord::new(),
                 }
             }
@@ -229,25 +310,26 @@ impl Reader {
                 let builder =
                     ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| io_err(path, e))?;
                 let schema = builder.schema().clone();
-                let text_field = schema
-                    .field_with_name(&fields.text)
-                    .map_err(|_| io_err(path, format!("no column {:?}", fields.text)))?;
-                if !matches!(
-                    text_field.data_type(),
-                    DataType::Utf8
-                        | DataType::LargeUtf8
-                        | DataType::Utf8View
-                        | DataType::Binary
-                        | DataType::LargeBinary
-                ) {
-                    return Err(io_err(
-                        path,
-                        format!(
-                            "column {:?} is {}, not text",
-                            fields.text,
-                            text_field.data_type()
-                        ),
-                    ));
+                let names = std::iter::once(&fields.text)
+                    .filter(|_| fields.text_required)
+                    .chain(&fields.images);
+                for name in names {
+                    let field = schema
+                        .field_with_name(name)
+                        .map_err(|_| io_err(path, format!("no column {name:?}")))?;
+                    if !matches!(
+                        field.data_type(),
+                        DataType::Utf8
+                            | DataType::LargeUtf8
+                            | DataType::Utf8View
+                            | DataType::Binary
+                            | DataType::LargeBinary
+                    ) {
+                        return Err(io_err(
+                            path,
+                            format!("column {name:?} is {}, not text", field.data_type()),
+                        ));
+                    }
                 }
                 let batches = builder
                     .with_batch_size(4096)
@@ -286,6 +368,7 @@ impl Reader {
                 reader,
                 id_col,
                 text_col,
+                image_col,
                 record,
             } => {
                 let more = match reader.read_byte_record(record) {
@@ -317,8 +400,12 @@ impl Reader {
                 };
                 let id = field(id_col);
                 let text = field(text_col);
+                let images = match field(image_col) {
+                    Ok(cell) => Ok(cell.as_deref().map(split_paths).unwrap_or_default()),
+                    Err(()) => Err("image paths are not valid UTF-8".to_string()),
+                };
                 Ok(Some(match (id, text) {
-                    (Ok(id), Ok(text)) => make_row(line, id, text, &self.fields),
+                    (Ok(id), Ok(text)) => make_row(line, id, text, images, &self.fields),
                     (id, _) => Row::Bad {
                         line,
                         id: id.ok().flatten(),
@@ -390,8 +477,15 @@ fn parquet_row(batch: &RecordBatch, i: usize, row: u64, fields: &Fields) -> Row 
         Some(f) => get(f),
         None => Ok(None),
     };
+    let images = match &fields.images {
+        None => Ok(Vec::new()),
+        Some(f) => match get(f) {
+            Ok(cell) => Ok(cell.as_deref().map(split_paths).unwrap_or_default()),
+            Err(()) => Err("image paths are not valid UTF-8".to_string()),
+        },
+    };
     match (id, get(&fields.text)) {
-        (Ok(id), Ok(text)) => make_row(row, id, text, fields),
+        (Ok(id), Ok(text)) => make_row(row, id, text, images, fields),
         (id, _) => Row::Bad {
             line: row,
             id: id.ok().flatten(),

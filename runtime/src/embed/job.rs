@@ -20,7 +20,6 @@ use std::time::Instant;
 use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, StringBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
-use kiln_models::sentence::Encoded;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
@@ -28,11 +27,14 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use super::input::{Fields, Reader, Row, count_rows};
-use super::{Embedder, plan_batches};
+use super::{Embedder, Prepared, plan_batches};
 use crate::{Result, RuntimeError};
 
 /// Records per committed chunk.
 pub const DEFAULT_CHUNK_ROWS: usize = 4096;
+/// Records per chunk when records carry images (a window of decoded 8-frame clips is
+/// ~4.8 MB of floats per record).
+pub const DEFAULT_CHUNK_ROWS_IMAGES: usize = 64;
 
 /// What to embed, and where to.
 #[derive(Clone, Debug)]
@@ -137,6 +139,10 @@ struct Fingerprint {
     input_modified_ns: u128,
     id_field: String,
     text_field: String,
+    #[serde(default)]
+    image_field: Option<String>,
+    #[serde(default)]
+    domain: Option<String>,
     model: String,
     dim: usize,
     normalized: bool,
@@ -189,13 +195,13 @@ fn write_atomically(
     fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// One window of input records, tokenized by the reader thread.
+/// One window of input records, prepared (tokenized; images decoded) by the reader thread.
 struct Window {
     index: usize,
     records: u64,
     rows: Vec<Row>,
-    /// Per row: the tokens of an `Ok` row, or why it failed.
-    encoded: Vec<Option<std::result::Result<Encoded, String>>>,
+    /// Per row: an `Ok` row ready for the model, or why it failed.
+    encoded: Vec<Option<std::result::Result<Prepared, String>>>,
 }
 
 fn fingerprint(embedder: &Embedder, cfg: &JobConfig) -> Result<Fingerprint> {
@@ -216,7 +222,9 @@ fn fingerprint(embedder: &Embedder, cfg: &JobConfig) -> Result<Fingerprint> {
         input_modified_ns: modified,
         id_field: cfg.fields.id.clone().unwrap_or_default(),
         text_field: cfg.fields.text.clone(),
-        model: fs::canonicalize(embedder.model().dir())
+        image_field: cfg.fields.images.clone(),
+        domain: embedder.domain().map(|d| d.name().to_string()),
+        model: fs::canonicalize(embedder.dir())
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| embedder.name().to_string()),
         dim: embedder.dim(),
@@ -365,13 +373,17 @@ fn read_windows(
             continue;
         }
         let records = rows.len() as u64;
+        // Relative image paths are under the input file's directory.
+        let base = cfg.input.parent();
         let encoded = {
             use rayon::prelude::*;
             rows.par_iter()
                 .map(|row| match row {
-                    Row::Ok { text, .. } => {
-                        Some(embedder.tokenize(text).map_err(|e| e.to_string()))
-                    }
+                    Row::Ok { text, images, .. } => Some(
+                        embedder
+                            .prepare(text, images, base)
+                            .map_err(|e| e.to_string()),
+                    ),
                     Row::Bad { .. } => None,
                 })
                 .collect()
@@ -401,7 +413,7 @@ fn embed_windows(
         let window = window?;
         let mut lines = Vec::new();
         let mut ids = Vec::new();
-        let mut good: Vec<&Encoded> = Vec::new();
+        let mut good: Vec<&Prepared> = Vec::new();
         let mut bad = Vec::new();
         for (row, enc) in window.rows.iter().zip(&window.encoded) {
             match (row, enc) {
@@ -413,7 +425,11 @@ fn embed_windows(
                 (Row::Ok { line, id, .. }, Some(Err(e))) => bad.push(BadRecord {
                     line: *line,
                     id: Some(id.clone()),
-                    reason: format!("tokenizer: {e}"),
+                    reason: if embedder.takes_images() {
+                        e.clone()
+                    } else {
+                        format!("tokenizer: {e}")
+                    },
                 }),
                 (Row::Ok { line, id, .. }, Some(Ok(enc))) => {
                     if !seen.insert(id.clone()) {
@@ -428,7 +444,7 @@ fn embed_windows(
                     ids.push(id.clone());
                     good.push(enc);
                 }
-                (Row::Ok { .. }, None) => unreachable!("ok rows are tokenized"),
+                (Row::Ok { .. }, None) => unreachable!("ok rows are prepared"),
             }
         }
         advance(bad.len() as u64);
@@ -437,8 +453,8 @@ fn embed_windows(
         let mut vectors = vec![0f32; good.len() * dim];
         let (mut tokens, mut padded) = (0u64, 0u64);
         for batch in plan_batches(&lengths, embedder.batch_tokens()) {
-            let members: Vec<&Encoded> = batch.iter().map(|&i| good[i]).collect();
-            let out = embedder.embed_encoded(&members)?;
+            let members: Vec<&Prepared> = batch.iter().map(|&i| good[i]).collect();
+            let out = embedder.embed_prepared(&members)?;
             for (k, &i) in batch.iter().enumerate() {
                 vectors[i * dim..(i + 1) * dim].copy_from_slice(out.row(k));
             }
@@ -576,17 +592,11 @@ fn write_parquet(
 ) -> Result<()> {
     let dim = embedder.dim();
     let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let pooling: Vec<&str> = embedder
-        .model()
-        .pooling()
-        .iter()
-        .map(|p| p.name())
-        .collect();
     let meta = [
         (META_MODEL, embedder.name().to_string()),
         (META_DIM, dim.to_string()),
         (META_NORMALIZED, embedder.normalized().to_string()),
-        (META_POOLING, pooling.join("+")),
+        (META_POOLING, embedder.pooling_name()),
     ];
     // In the Arrow schema (what pyarrow / polars show) and in the Parquet footer.
     let schema = Arc::new(Schema::new_with_metadata(
