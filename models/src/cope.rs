@@ -229,11 +229,22 @@ impl Mha {
 
     /// `x` holds `rows` sequences of `seq` tokens, all real.
     fn forward(&self, x: Tensor<2>, rows: usize, seq: usize) -> Result<Tensor<2>> {
+        let ctx = self.context(x, rows, seq)?;
+        self.out.forward(ctx, Act::None)
+    }
+
+    /// The heads' attention output before `out_proj`.
+    fn context(&self, x: Tensor<2>, rows: usize, seq: usize) -> Result<Tensor<2>> {
         let [_, width] = x.dims();
         let qkv = self.qkv.forward(x, Act::None)?;
         let lengths = vec![seq; rows];
-        let ctx = encoder::self_attention(qkv, &lengths, seq, self.heads, width / self.heads);
-        self.out.forward(ctx, Act::None)
+        Ok(encoder::self_attention(
+            qkv,
+            &lengths,
+            seq,
+            self.heads,
+            width / self.heads,
+        ))
     }
 }
 
@@ -714,12 +725,22 @@ impl Cope {
             .reshape([n * l, width]);
         let mut x = vis.ln_pre.forward(x, pos);
 
-        for blk in &vis.blocks {
-            x = self.cross_frame(blk, x, b, t, l)?;
-        }
-
-        let cls = x.reshape([n, l, width]).slice([0..n, 0..1, 0..width]);
-        let cls = norm(&vis.ln_post, cls.reshape([n, width]));
+        // Only the class tokens are read after the last block (extract_features uses neither
+        // the patch tokens nor their projection), so that block stops at them once its
+        // attention has read every token.
+        let cls = match vis.blocks.split_last() {
+            None => x
+                .reshape([n, l, width])
+                .slice([0..n, 0..1, 0..width])
+                .reshape([n, width]),
+            Some((last, rest)) => {
+                for blk in rest {
+                    x = self.cross_frame(blk, x, b, t, l, false)?;
+                }
+                self.cross_frame(last, x, b, t, l, true)?
+            }
+        };
+        let cls = norm(&vis.ln_post, cls);
         let cls = vis.proj.forward(cls, Act::None)?; // [n, e]
 
         // Integration over the clip's frames; one image is broadcast over every position.
@@ -743,6 +764,7 @@ impl Cope {
         b: usize,
         t: usize,
         l: usize,
+        class_only: bool,
     ) -> Result<Tensor<2>> {
         let width = self.config.vision.width;
         let n = b * t;
@@ -753,12 +775,19 @@ impl Cope {
         let msg = msg.clone() + blk.message_attn.forward(norm(&blk.message_ln, msg), b, t)?;
         // The frame's tokens and its message; the message is dropped after the attention.
         let xm = Tensor::cat(vec![x3, msg.reshape([n, 1, width])], 1).reshape([n * (l + 1), width]);
-        let a = blk.attn.forward(norm(&blk.ln_1, xm), n, l + 1)?;
-        let a = a
+        let ctx = blk.attn.context(norm(&blk.ln_1, xm), n, l + 1)?;
+        // The block's output rows: every frame token, or (class_only) each frame's first.
+        let (keep, x) = if class_only {
+            (0..1, x.reshape([n, l, width]).slice([0..n, 0..1, 0..width]))
+        } else {
+            (0..l, x.reshape([n, l, width]))
+        };
+        let rows = n * keep.len();
+        let ctx = ctx
             .reshape([n, l + 1, width])
-            .slice([0..n, 0..l, 0..width])
-            .reshape([n * l, width]);
-        let x = x + a;
+            .slice([0..n, keep, 0..width])
+            .reshape([rows, width]);
+        let x = x.reshape([rows, width]) + blk.attn.out.forward(ctx, Act::None)?;
         Ok(x.clone() + blk.mlp.forward(norm(&blk.ln_2, x))?)
     }
 

@@ -68,7 +68,7 @@ def main():
 
     def embed(s):
         t = tok(titles[s:s + a.batch], return_tensors="pt", padding=True, truncation=True,
-                max_length=cfg["max_title_tokens"])
+                max_length=cfg["max_title_tokens"], return_token_type_ids=True)
         t = {k: t[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
         imgs = torch.stack(images[s:s + a.batch]).unsqueeze(1)  # [B, 1, 3, H, W]
         item, _, _ = model.extract_features({"item": t, "photo": None, "live": None},

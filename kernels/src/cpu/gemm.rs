@@ -213,6 +213,10 @@ unsafe fn gemm_part(
 ) {
     let col_lo = cols.start * NR;
     let col_hi = (cols.end * NR).min(n);
+    // Rows per micro-kernel call: AVX2's sixteen registers hold a 6 × 16 tile (an 8-row step
+    // would leave a latency-bound 2-row tile behind every 6-row one); AVX-512's an 8 × 32.
+    let mr = if isa == Isa::Avx2 { 6 } else { MR };
+    let mc_full = MC / mr * mr;
     // Bias first; the slabs accumulate onto it.
     for i in rows.clone() {
         // SAFETY: row i, columns col_lo..col_hi are inside y and this thread's.
@@ -224,13 +228,13 @@ unsafe fn gemm_part(
         let kc = KC.min(k - k0);
         let mut m0 = rows.start;
         while m0 < rows.end {
-            let mc = MC.min(rows.end - m0);
+            let mc = mc_full.min(rows.end - m0);
             for p in cols.clone() {
                 let width = NR.min(n - p * NR);
                 let panel = &packed[(p * k + k0) * NR..(p * k + k0 + kc) * NR];
                 let mut r0 = m0;
                 while r0 < m0 + mc {
-                    let r = MR.min(m0 + mc - r0);
+                    let r = mr.min(m0 + mc - r0);
                     let a = &x[r0 * k + k0..];
                     // SAFETY: the tile rows r0..r0+r, columns p·NR..p·NR+width are this
                     // thread's and inside y.
