@@ -176,7 +176,7 @@ fn check(device: &Device, what: &str) -> f64 {
     };
     let videos: Vec<Vec<Vec<f32>>> = exp.clips("video").iter().map(load_clip).collect();
     let single: Vec<Vec<Vec<f32>>> = exp.clips("video_single").iter().map(load_clip).collect();
-    let mixed = vec![
+    let mixed = [
         as_refs(&videos[0]),
         as_refs(&single[0]),
         as_refs(&videos[1]),
@@ -306,7 +306,7 @@ fn bad_inputs_are_errors() {
         (vec![vec![short.as_slice()]], "a frame of 10 floats"),
         (vec![vec![nan.as_slice()]], "not finite"),
     ] {
-        let err = model.embed_clips(Domain::Video, &clips).err().expect(what);
+        let err = model.embed_clips(Domain::Video, &clips).expect_err(what);
         assert!(err.to_string().contains(what), "{what}: {err}");
     }
     let err = model.embed_products(&["a", "b"], &[&ok]).unwrap_err();

@@ -39,7 +39,7 @@ pub struct Embedder {
 }
 
 enum Model {
-    Sentence(SentenceModel),
+    Sentence(Box<SentenceModel>),
     Cope {
         model: Box<Cope>,
         domain: Domain,
@@ -186,7 +186,7 @@ impl Embedder {
         }
         let model = SentenceModel::load_as(dir, device, format)?;
         Ok(Self {
-            model: Model::Sentence(model),
+            model: Model::Sentence(Box::new(model)),
             batch_tokens: DEFAULT_BATCH_TOKENS,
         })
     }
@@ -246,7 +246,7 @@ impl Embedder {
     /// The text model, if this is one.
     pub fn sentence_model(&self) -> Option<&SentenceModel> {
         match &self.model {
-            Model::Sentence(m) => Some(m),
+            Model::Sentence(m) => Some(m.as_ref()),
             Model::Cope { .. } => None,
         }
     }
@@ -448,33 +448,8 @@ impl Embedder {
 
     /// Embeds tokenized texts, batched by length within the token budget, in order.
     pub fn embed_encoded(&self, rows: &[&Encoded]) -> Result<Embeddings> {
-        let dim = self.dim();
-        let mut data = vec![0f32; rows.len() * dim];
-        let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
-        for batch in plan_batches(&lengths, self.batch_tokens) {
-            let members: Vec<&Encoded> = batch.iter().map(|&i| rows[i]).collect();
-            let Model::Sentence(model) = &self.model else {
-                return Err(RuntimeError::Usage(
-                    "COPE embeds prepared records (Embedder::prepare)".into(),
-                ));
-            };
-            let out = model.embed_encoded(&members)?;
-            if out.len() != batch.len() * dim {
-                return Err(RuntimeError::Readback(format!(
-                    "expected {} floats, got {}",
-                    batch.len() * dim,
-                    out.len()
-                )));
-            }
-            for (k, &i) in batch.iter().enumerate() {
-                data[i * dim..(i + 1) * dim].copy_from_slice(&out[k * dim..(k + 1) * dim]);
-            }
-        }
-        Ok(Embeddings {
-            data,
-            rows: rows.len(),
-            dim,
-        })
+        let prepared: Vec<Prepared> = rows.iter().map(|&e| Prepared::Text(e.clone())).collect();
+        self.embed_prepared(&prepared.iter().collect::<Vec<_>>())
     }
 }
 
