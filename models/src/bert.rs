@@ -328,6 +328,21 @@ impl Layer {
     }
 }
 
+/// A converted model's `config.json`; a parse error names the converter that writes it.
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    converter: &str,
+) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| {
+        ModelError::Config(format!(
+            "{}: {e} (convert checkpoints with {converter})",
+            path.display()
+        ))
+    })
+}
+
 /// `dir/model.safetensors`: its path (for errors) and bytes.
 pub(crate) fn read_safetensors(dir: &Path) -> Result<(PathBuf, Vec<u8>)> {
     let path = dir.join("model.safetensors");
@@ -472,8 +487,8 @@ impl<'a> Weights<'a> {
     }
 }
 
-/// `[out, in]` row-major to `[in, out]`.
-fn transpose(w: &[f32], out: usize, inp: usize) -> Vec<f32> {
+/// `[out, in]` row-major to `[in, out]` (with the arguments swapped, the way back).
+pub(crate) fn transpose(w: &[f32], out: usize, inp: usize) -> Vec<f32> {
     let mut t = vec![0f32; w.len()];
     for o in 0..out {
         for i in 0..inp {

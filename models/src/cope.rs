@@ -41,7 +41,8 @@ use kiln_kernels::encoder;
 use kiln_quant::GgmlType;
 
 use crate::bert::{
-    Bert, BertConfig, Dense, LayerNorm, TokenBatch, Weights, check_format, read_safetensors,
+    Bert, BertConfig, Dense, LayerNorm, TokenBatch, Weights, check_format, read_config,
+    read_safetensors, transpose,
 };
 use crate::image::{ImageSpec, Resize};
 use crate::{ModelError, Result};
@@ -85,14 +86,7 @@ pub struct CopeConfig {
 
 impl CopeConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| {
-            ModelError::Config(format!(
-                "{}: {e} (convert checkpoints with scripts/convert/cope.py)",
-                path.display()
-            ))
-        })?;
+        let config: Self = read_config(path, "scripts/convert/cope.py")?;
         config.check()?;
         Ok(config)
     }
@@ -359,17 +353,6 @@ fn zeros(n: usize) -> Vec<f32> {
     vec![0.0; n]
 }
 
-/// `[in, out]` (a `x @ W` parameter) to PyTorch's `[out, in]`.
-fn transpose(w: &[f32], inp: usize, out: usize) -> Vec<f32> {
-    let mut t = vec![0f32; w.len()];
-    for i in 0..inp {
-        for o in 0..out {
-            t[o * inp + i] = w[i * out + o];
-        }
-    }
-    t
-}
-
 impl Cope {
     /// Loads `config.json`, `model.safetensors` and `tokenizer.json` from a directory written
     /// by `scripts/convert/cope.py`.
@@ -536,6 +519,7 @@ impl Cope {
             .collect::<Result<Vec<_>>>()?;
         let ln_post = ln(w, &format!("{vp}.ln_post"), width)?;
         let proj_w = w.get(&format!("{vp}.proj"), &[width, v.embed_dim])?;
+        // `x @ proj`: the parameter is `[in, out]`, Dense takes PyTorch's `[out, in]`.
         let proj = Dense::new(
             &transpose(&proj_w, width, v.embed_dim),
             zeros(v.embed_dim),

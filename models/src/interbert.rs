@@ -33,7 +33,9 @@ use serde::Deserialize;
 use kiln_kernels::cpu::gemm::Act;
 use kiln_quant::GgmlType;
 
-use crate::bert::{Dense, Layer, LayerNorm, LayerShape, Weights, check_format, read_safetensors};
+use crate::bert::{
+    Dense, Layer, LayerNorm, LayerShape, Weights, check_format, read_config, read_safetensors,
+};
 use crate::{ModelError, Result};
 
 /// `config.json` as `scripts/convert/interbert.py` writes it (the repository's `BertConfig`
@@ -67,14 +69,7 @@ const EPS: f64 = 1e-12;
 
 impl InterBertConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| {
-            ModelError::Config(format!(
-                "{}: {e} (convert checkpoints with scripts/convert/interbert.py)",
-                path.display()
-            ))
-        })?;
+        let config: Self = read_config(path, "scripts/convert/interbert.py")?;
         config.check()?;
         Ok(config)
     }

@@ -371,12 +371,23 @@ impl Embedder {
 
     /// Embeds prepared records, batched within the budget, in order.
     pub fn embed_prepared(&self, rows: &[&Prepared]) -> Result<Embeddings> {
+        self.batched(rows, Prepared::len, |batch| self.embed_batch(batch))
+    }
+
+    /// `rows` in batches planned by `len` within the budget, each embedded by `embed`
+    /// (`batch × dim` floats), put back in input order.
+    fn batched<T>(
+        &self,
+        rows: &[&T],
+        len: impl Fn(&T) -> usize,
+        embed: impl Fn(&[&T]) -> Result<Vec<f32>>,
+    ) -> Result<Embeddings> {
         let dim = self.dim();
         let mut data = vec![0f32; rows.len() * dim];
-        let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+        let lengths: Vec<usize> = rows.iter().map(|r| len(r)).collect();
         for batch in plan_batches(&lengths, self.batch_tokens) {
-            let members: Vec<&Prepared> = batch.iter().map(|&i| rows[i]).collect();
-            let out = self.embed_batch(&members)?;
+            let members: Vec<&T> = batch.iter().map(|&i| rows[i]).collect();
+            let out = embed(&members)?;
             if out.len() != batch.len() * dim {
                 return Err(RuntimeError::Readback(format!(
                     "expected {} floats, got {}",
@@ -448,8 +459,12 @@ impl Embedder {
 
     /// Embeds tokenized texts, batched by length within the token budget, in order.
     pub fn embed_encoded(&self, rows: &[&Encoded]) -> Result<Embeddings> {
-        let prepared: Vec<Prepared> = rows.iter().map(|&e| Prepared::Text(e.clone())).collect();
-        self.embed_prepared(&prepared.iter().collect::<Vec<_>>())
+        let Model::Sentence(model) = &self.model else {
+            return Err(RuntimeError::Usage(
+                "COPE embeds prepared records (Embedder::prepare)".into(),
+            ));
+        };
+        self.batched(rows, Encoded::len, |batch| Ok(model.embed_encoded(batch)?))
     }
 }
 
