@@ -19,7 +19,7 @@ pub mod qmatmul;
 mod qtensor;
 
 pub use error::{KernelError, Result};
-pub use qtensor::QTensor;
+pub use qtensor::{Layout, QTensor};
 
 /// The weight types Kiln's CubeCL kernels read (dequantize, row lookup, quantized matmul).
 pub const CUBE_TYPES: &[kiln_quant::GgmlType] = &[

@@ -1,9 +1,22 @@
-//! A quantized weight on a device: its GGUF blocks, untouched.
+//! A quantized weight on a device: its GGUF blocks, untouched, or on the CPU repacked for
+//! Kiln's kernels ([`Layout`]).
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use kiln_quant::GgmlType;
 
 use crate::{KernelError, Result};
+
+/// How a [`QTensor`]'s blocks are arranged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// As in the GGUF file: row after row of blocks.
+    #[default]
+    Gguf,
+    /// The CPU's x8 layout (eight rows interleaved per block, [`crate::cpu::x8`]) of a matrix
+    /// with rows of `k` values: Q4_0, Q4_1 and Q8_0 matrices on the CPU whose row count is a
+    /// multiple of 8, unless `KILN_CPU_REPACK=0`. Same size as the GGUF blocks.
+    CpuX8 { k: usize },
+}
 
 /// A tensor stored as ggml blocks of `ty`, `shape` row-major (outermost first).
 ///
@@ -16,10 +29,12 @@ pub struct QTensor {
     /// `[ceil(n_bytes / 4)]` u32 words.
     pub words: Tensor<1, Int>,
     pub n_bytes: usize,
+    pub layout: Layout,
 }
 
 impl QTensor {
-    /// Uploads `bytes` (whole blocks of `ty` holding `shape`) to `device`.
+    /// Uploads `bytes` (whole blocks of `ty` holding `shape`) to `device`, repacked into
+    /// [`Layout::CpuX8`] where that applies.
     pub fn from_blocks(
         what: &str,
         ty: GgmlType,
@@ -38,8 +53,20 @@ impl QTensor {
                 expected: expected.unwrap_or(0),
             });
         }
-        let mut padded = Vec::with_capacity(bytes.len().div_ceil(4) * 4);
-        padded.extend_from_slice(bytes);
+        let layout = match shape {
+            [n, k]
+                if crate::cpu::x8::applies(ty, *n, *k)
+                    && crate::BackendKind::of(device)? == crate::BackendKind::Flex
+                    && std::env::var("KILN_CPU_REPACK").as_deref() != Ok("0") =>
+            {
+                Layout::CpuX8 { k: *k }
+            }
+            _ => Layout::Gguf,
+        };
+        let mut padded = match layout {
+            Layout::CpuX8 { k } => crate::cpu::x8::repack(ty, bytes, shape[0], k),
+            Layout::Gguf => bytes.to_vec(),
+        };
         padded.resize(bytes.len().div_ceil(4) * 4, 0);
         let n_words = padded.len() / 4;
         let data = TensorData::from_bytes_vec(padded, [n_words], DType::U32);
@@ -49,6 +76,7 @@ impl QTensor {
             shape: shape.to_vec(),
             words,
             n_bytes: bytes.len(),
+            layout,
         })
     }
 

@@ -9,6 +9,9 @@ mod dot_x86;
 pub mod encoder;
 pub mod gemm;
 pub mod pool;
+pub mod x8;
+#[cfg(target_arch = "x86_64")]
+mod x8_x86;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -326,28 +329,7 @@ pub fn qmatmul(
     let a_row = act.row_bytes(k);
     let pool = pool::pool();
     let threads = pool.threads();
-    let mut a = vec![0u8; m * a_row];
-    {
-        let parts: Vec<Mutex<(&mut [u8], &[f32])>> = split_rows(&mut a, a_row, m, threads)
-            .into_iter()
-            .zip((0..threads).map(|t| {
-                &x[pool::share(m, threads, t).start * k..pool::share(m, threads, t).end * k]
-            }))
-            .map(Mutex::new)
-            .collect();
-        let quantize = |t: usize| {
-            let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
-            let (out, x) = &mut *part;
-            for (o, x) in out.chunks_exact_mut(a_row).zip(x.chunks_exact(k)) {
-                act.quantize_row(x, o);
-            }
-        };
-        if m > 1 {
-            pool.run(&quantize)
-        } else {
-            quantize(0)
-        }
-    }
+    let a = quantize_acts(act, x, m, k);
 
     // Each thread takes an even share of the weight rows and writes their outputs for every
     // activation row, transposed ([n, m]) so that shares are disjoint slices.
@@ -409,6 +391,37 @@ pub fn qmatmul(
         return out_t;
     }
     transpose(&out_t, n, m)
+}
+
+/// The `m` rows of `x` (`k` values each) quantized to `act`, the rows shared among the pool's
+/// threads.
+fn quantize_acts(act: ActFormat, x: &[f32], m: usize, k: usize) -> Vec<u8> {
+    let a_row = act.row_bytes(k);
+    let pool = pool::pool();
+    let threads = pool.threads();
+    let mut a = vec![0u8; m * a_row];
+    {
+        let parts: Vec<Mutex<(&mut [u8], &[f32])>> = split_rows(&mut a, a_row, m, threads)
+            .into_iter()
+            .zip((0..threads).map(|t| {
+                &x[pool::share(m, threads, t).start * k..pool::share(m, threads, t).end * k]
+            }))
+            .map(Mutex::new)
+            .collect();
+        let quantize = |t: usize| {
+            let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
+            let (out, x) = &mut *part;
+            for (o, x) in out.chunks_exact_mut(a_row).zip(x.chunks_exact(k)) {
+                act.quantize_row(x, o);
+            }
+        };
+        if m > 1 {
+            pool.run(&quantize)
+        } else {
+            quantize(0)
+        }
+    }
+    a
 }
 
 /// `src` `[rows, cols]` → `[cols, rows]`, the output rows shared among the pool's threads and

@@ -31,8 +31,14 @@ impl DequantOps for CubeBackend {
     fn dequantize_blocks(
         words: IntTensor<Self>,
         ty: GgmlType,
+        layout: crate::Layout,
         n_elements: usize,
     ) -> FloatTensor<Self> {
+        assert_eq!(
+            layout,
+            crate::Layout::Gguf,
+            "Cube weights are never repacked"
+        );
         let ty_code = code(ty).expect("dequantize_blocks: caller checked the type");
         let words = into_contiguous(words);
         let client = words.client.clone();

@@ -7,11 +7,13 @@ use burn_flex::FlexTensor;
 use kiln_quant::GgmlType;
 
 use super::DequantOps;
+use crate::Layout;
 
 impl DequantOps for Flex {
     fn dequantize_blocks(
         words: IntTensor<Self>,
         ty: GgmlType,
+        layout: Layout,
         n_elements: usize,
     ) -> FloatTensor<Self> {
         assert_eq!(
@@ -22,7 +24,18 @@ impl DequantOps for Flex {
         let words = words.to_contiguous();
         let n_bytes = n_elements / ty.block_size() * ty.block_bytes();
         let mut out = vec![0.0f32; n_elements];
-        kiln_quant::blocks::dequantize(ty, &words.bytes()[..n_bytes], &mut out)
+        let bytes = &words.bytes()[..n_bytes];
+        let gguf;
+        let bytes = match layout {
+            Layout::Gguf => bytes,
+            Layout::CpuX8 { k } => {
+                let mut rows = Vec::with_capacity(n_bytes);
+                crate::cpu::x8::unpack_rows(ty, bytes, k, 0..n_elements / k, &mut rows);
+                gguf = rows;
+                &gguf
+            }
+        };
+        kiln_quant::blocks::dequantize(ty, bytes, &mut out)
             .expect("dequantize_blocks: caller checked the type and the block count");
         FlexTensor::from_data(TensorData::new(out, [n_elements]))
     }

@@ -12,16 +12,18 @@ use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::tensor::Tensor;
 use kiln_quant::GgmlType;
 
-use crate::{BackendKind, KernelError, QTensor, Result};
+use crate::{BackendKind, KernelError, Layout, QTensor, Result};
 
 /// Dequantize GGUF blocks held as u32 words.
 #[backend_extension(Cube: cfg(any(feature = "wgpu", feature = "cuda")), Flex)]
 pub trait DequantOps: Backend {
-    /// `words`: `[n_words]` u32 holding whole blocks of `ty`, little-endian bytes.
+    /// `words`: `[n_words]` u32 holding whole blocks of `ty`, little-endian bytes, arranged as
+    /// `layout` says (the Cube backend only ever holds [`Layout::Gguf`]).
     /// Returns `[n_elements]` f32. Callers check [`supports`] first.
     fn dequantize_blocks(
         words: IntTensor<Self>,
         ty: GgmlType,
+        layout: Layout,
         n_elements: usize,
     ) -> FloatTensor<Self>;
 }
@@ -49,6 +51,7 @@ pub fn dequantize(weight: &QTensor) -> Result<Tensor<2>> {
     let flat = <Dispatch as DequantOps>::dequantize_blocks(
         weight.words.clone().into_dispatch(),
         weight.ty,
+        weight.layout,
         n,
     );
     let flat = Tensor::<1>::from_dispatch(flat);

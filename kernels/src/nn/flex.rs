@@ -125,7 +125,7 @@ impl NnOps for Flex {
 
         let mut out = vec![0.0f32; t * heads * d];
         // llama.cpp multiplies with tinyBLAS when a batch has several tokens, with
-        // ggml_vec_dot_f16 for one: the two sum in different orders (see `ggml_order`).
+        // ggml_vec_dot_f16 for one: the two sum in different orders (see `SumOrder`).
         let order = if t > 1 {
             SumOrder::TinyBlas
         } else {
@@ -292,12 +292,30 @@ struct AttnCtx<'a> {
 struct Scratch {
     q: Vec<f32>,
     scores: Vec<f32>,
-    prods: Vec<f32>,
+    /// (probability offset, slot offset, length) of the used blocks.
+    pairs: Vec<(usize, usize, usize)>,
 }
 
 impl AttnCtx<'_> {
-    /// Output `o` (`d` values) of query `idx / heads`, head `idx % heads`.
+    /// Output `o` (`d` values) of query `idx / heads`, head `idx % heads`; compiled with AVX2
+    /// where the CPU has it (the loops below are written to vectorize).
     fn head(&self, idx: usize, o: &mut [f32], sc: &mut Scratch) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::has_fma() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { self.head_avx2(idx, o, sc) };
+        }
+        self.head_body(idx, o, sc)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn head_avx2(&self, idx: usize, o: &mut [f32], sc: &mut Scratch) {
+        self.head_body(idx, o, sc)
+    }
+
+    #[inline(always)]
+    fn head_body(&self, idx: usize, o: &mut [f32], sc: &mut Scratch) {
         let (heads, d, row, n) = (self.heads, self.d, self.row, self.n);
         let (i, h) = (idx / heads, idx % heads);
         let kvh = h / self.group;
@@ -320,16 +338,12 @@ impl AttnCtx<'_> {
         let m = blocks.len() * 64;
         sc.scores.clear();
         sc.scores.resize(m, f32::NEG_INFINITY);
-        sc.prods.resize(d.max(m), 0.0);
         let mut max = f32::NEG_INFINITY;
         for (j, &b) in blocks.iter().enumerate() {
             let s0 = b as usize * 64;
             for s in (s0..(s0 + 64).min(n)).filter(|&s| visible(s)) {
                 let kr = &self.kf[s * row + kvh * d..][..d];
-                for ((p, k), q) in sc.prods[..d].iter_mut().zip(kr).zip(&sc.q) {
-                    *p = k * q;
-                }
-                let score = ggml_order(&sc.prods[..d], self.order) * mask.scale;
+                let score = ggml_dot(&[(kr, &sc.q[..])], self.order) * mask.scale;
                 sc.scores[j * 64 + s - s0] = score;
                 max = max.max(score);
             }
@@ -346,22 +360,21 @@ impl AttnCtx<'_> {
         let used = probs.iter().rposition(|&p| p != 0.0).map_or(0, |i| i + 1);
         for (e, o) in o.iter_mut().enumerate() {
             let vr = &self.vt[(kvh * d + e) * n..][..n];
+            // The probabilities of each used 64-slot block against its slots' values.
+            sc.pairs.clear();
             for (j, &b) in blocks.iter().enumerate() {
                 let (s0, c0) = (b as usize * 64, j * 64);
                 if c0 >= used {
                     break;
                 }
                 let len = (used - c0).min(64).min(n - s0);
-                for ((x, p), v) in sc.prods[c0..c0 + len]
-                    .iter_mut()
-                    .zip(&probs[c0..])
-                    .zip(&vr[s0..s0 + len])
-                {
-                    *x = p * v;
-                }
-                sc.prods[c0 + len..(c0 + 64).min(used)].fill(0.0);
+                sc.pairs.push((c0, s0, len));
             }
-            *o = ggml_order(&sc.prods[..used], self.order);
+            let segments = sc
+                .pairs
+                .iter()
+                .map(|&(c0, s0, len)| (&probs[c0..c0 + len], &vr[s0..s0 + len]));
+            *o = ggml_dot_iter(segments, self.order);
         }
     }
 }
@@ -404,36 +417,60 @@ enum SumOrder {
     VecDot,
 }
 
-/// Σ `prods` (each an exact product of two f16) in llama.cpp's order.
-fn ggml_order(prods: &[f32], order: SumOrder) -> f32 {
+/// Σ a[i]·b[i] over `segments` (each product exact: both factors are f16 values, so a product
+/// then a sum rounds as the FMA llama.cpp uses) in llama.cpp's order. Each segment starts at a
+/// multiple of 64 of the row llama.cpp sums (a 64-slot block), so it starts at lane 0; what
+/// lies between segments is zero and adds nothing.
+#[inline(always)]
+fn ggml_dot(segments: &[(&[f32], &[f32])], order: SumOrder) -> f32 {
+    ggml_dot_iter(segments.iter().copied(), order)
+}
+
+#[inline(always)]
+fn ggml_dot_iter<'a>(
+    segments: impl Iterator<Item = (&'a [f32], &'a [f32])>,
+    order: SumOrder,
+) -> f32 {
     match order {
         SumOrder::TinyBlas => {
             let mut acc = [0.0f32; 16];
-            for chunk in prods.chunks(16) {
-                for (a, p) in acc.iter_mut().zip(chunk) {
-                    *a += p;
-                }
+            for (a, b) in segments {
+                accumulate(&mut acc, a, b);
             }
             reduce16(&acc)
         }
         SumOrder::VecDot => {
-            // llama.cpp's rows are whole 256-slot views, so no tail: pad with zeros to 64.
-            let mut acc = [[0.0f32; 16]; 4];
-            for step in prods.chunks(64) {
-                for (q, p) in step.iter().enumerate() {
-                    acc[q / 16][q % 16] += p;
-                }
+            // Four 16-lane accumulators over steps of 64: lane i % 64 of one 64-lane array.
+            let mut acc = [0.0f32; 64];
+            for (a, b) in segments {
+                accumulate(&mut acc, a, b);
             }
             let mut x = [0.0f32; 16];
             for l in 0..16 {
-                x[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+                x[l] = (acc[l] + acc[32 + l]) + (acc[16 + l] + acc[48 + l]);
             }
             reduce16(&x)
         }
     }
 }
 
+/// `acc[i % L] += a[i]·b[i]` in index order (whole chunks of `L` vectorize).
+#[inline(always)]
+fn accumulate<const L: usize>(acc: &mut [f32; L], a: &[f32], b: &[f32]) {
+    let len = a.len().min(b.len());
+    let full = len / L * L;
+    for (ac, bc) in a[..full].chunks_exact(L).zip(b[..full].chunks_exact(L)) {
+        for l in 0..L {
+            acc[l] += ac[l] * bc[l];
+        }
+    }
+    for i in full..len {
+        acc[i % L] += a[i] * b[i];
+    }
+}
+
 /// GCC's `_mm512_reduce_add_ps`: halves added lane-wise (8, then 4), then (0+2) + (1+3).
+#[inline(always)]
 fn reduce16(a: &[f32; 16]) -> f32 {
     let mut t8 = [0.0f32; 8];
     for i in 0..8 {

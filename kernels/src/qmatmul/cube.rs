@@ -757,15 +757,32 @@ impl QMatmulOps for CubeBackend {
         x: FloatTensor<Self>,
         words: IntTensor<Self>,
         ty: GgmlType,
+        layout: crate::Layout,
         n: usize,
         k: usize,
         reduction: Reduction,
         tiling: Tiling,
     ) -> FloatTensor<Self> {
+        assert_eq!(
+            layout,
+            crate::Layout::Gguf,
+            "Cube weights are never repacked"
+        );
         launch_qmatmul(x, words, ty, n, k, reduction, tiling)
     }
 
-    fn qrows(words: IntTensor<Self>, ty: GgmlType, k: usize, ids: Vec<u32>) -> FloatTensor<Self> {
+    fn qrows(
+        words: IntTensor<Self>,
+        ty: GgmlType,
+        layout: crate::Layout,
+        k: usize,
+        ids: Vec<u32>,
+    ) -> FloatTensor<Self> {
+        assert_eq!(
+            layout,
+            crate::Layout::Gguf,
+            "Cube weights are never repacked"
+        );
         let ty_code = code(ty).expect("qrows: caller checked the type");
         let words = into_contiguous(words);
         let client = words.client.clone();

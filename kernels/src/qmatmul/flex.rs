@@ -5,13 +5,14 @@ use burn_flex::FlexTensor;
 use kiln_quant::GgmlType;
 
 use super::{QMatmulOps, Reduction, Tiling};
-use crate::cpu;
+use crate::{Layout, cpu};
 
 impl QMatmulOps for Flex {
     fn qmatmul(
         x: FloatTensor<Self>,
         words: IntTensor<Self>,
         ty: GgmlType,
+        layout: Layout,
         n: usize,
         k: usize,
         _reduction: Reduction,
@@ -23,19 +24,36 @@ impl QMatmulOps for Flex {
         let row = ty.block_bytes() * (k / ty.block_size());
         let words = words.to_contiguous();
         let w = &words.bytes()[..n * row];
-        let y = cpu::qmatmul(cpu::active_isa(), ty, w, n, k, x, m);
+        let y = match layout {
+            Layout::Gguf => cpu::qmatmul(cpu::active_isa(), ty, w, n, k, x, m),
+            Layout::CpuX8 { .. } => cpu::x8::qmatmul(cpu::active_isa(), ty, w, n, k, x, m),
+        };
         FlexTensor::from_data(TensorData::new(y, [m, n]))
     }
 
-    fn qrows(words: IntTensor<Self>, ty: GgmlType, k: usize, ids: Vec<u32>) -> FloatTensor<Self> {
+    fn qrows(
+        words: IntTensor<Self>,
+        ty: GgmlType,
+        layout: Layout,
+        k: usize,
+        ids: Vec<u32>,
+    ) -> FloatTensor<Self> {
         let words = words.to_contiguous();
         let row = ty.block_bytes() * (k / ty.block_size());
         let bytes = words.bytes();
         let mut out = vec![0.0f32; ids.len() * k];
+        let mut unpacked = Vec::with_capacity(row);
         for (o, &id) in out.chunks_exact_mut(k).zip(&ids) {
-            let at = id as usize * row;
-            kiln_quant::blocks::dequantize(ty, &bytes[at..at + row], o)
-                .expect("qrows: caller checked the type");
+            let id = id as usize;
+            let blocks = match layout {
+                Layout::Gguf => &bytes[id * row..(id + 1) * row],
+                Layout::CpuX8 { .. } => {
+                    unpacked.clear();
+                    cpu::x8::unpack_rows(ty, bytes, k, id..id + 1, &mut unpacked);
+                    &unpacked[..]
+                }
+            };
+            kiln_quant::blocks::dequantize(ty, blocks, o).expect("qrows: caller checked the type");
         }
         FlexTensor::from_data(TensorData::new(out, [ids.len(), k]))
     }

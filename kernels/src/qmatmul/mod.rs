@@ -14,7 +14,7 @@ use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::tensor::Tensor;
 use kiln_quant::GgmlType;
 
-use crate::{BackendKind, KernelError, QTensor, Result};
+use crate::{BackendKind, KernelError, Layout, QTensor, Result};
 
 /// Activation rows up to which the Cube backend runs the mat-vec kernel (decode, label scoring);
 /// above, the tiled kernel.
@@ -104,11 +104,14 @@ pub const TILED_CUBE_UNITS: u32 = 64;
 #[backend_extension(Cube: cfg(any(feature = "wgpu", feature = "cuda")), Flex)]
 pub trait QMatmulOps: Backend {
     /// `x`: `[m, k]` f32; `words`: `n` rows of `k` values in blocks of `ty`. Returns `[m, n]`.
-    /// `reduction` and `tiling` pick the Cube kernels' variants; the CPU ignores them.
+    /// `reduction` and `tiling` pick the Cube kernels' variants; the CPU ignores them. `layout`:
+    /// how the blocks are arranged (the Cube backend only ever holds [`Layout::Gguf`]).
+    #[allow(clippy::too_many_arguments)]
     fn qmatmul(
         x: FloatTensor<Self>,
         words: IntTensor<Self>,
         ty: GgmlType,
+        layout: Layout,
         n: usize,
         k: usize,
         reduction: Reduction,
@@ -116,7 +119,13 @@ pub trait QMatmulOps: Backend {
     ) -> FloatTensor<Self>;
 
     /// Rows `ids` of the `[n, k]` matrix in `words`, as `[ids.len(), k]` f32.
-    fn qrows(words: IntTensor<Self>, ty: GgmlType, k: usize, ids: Vec<u32>) -> FloatTensor<Self>;
+    fn qrows(
+        words: IntTensor<Self>,
+        ty: GgmlType,
+        layout: Layout,
+        k: usize,
+        ids: Vec<u32>,
+    ) -> FloatTensor<Self>;
 }
 
 /// The weight types `qmatmul` serves on a backend.
@@ -207,6 +216,7 @@ pub fn qmatmul_variant(
         x.into_dispatch(),
         w.words.clone().into_dispatch(),
         w.ty,
+        w.layout,
         n,
         k,
         reduction,
@@ -235,6 +245,12 @@ pub fn qrows(w: &QTensor, ids: &[u32]) -> Result<Tensor<2>> {
             backend,
         });
     }
-    let y = <Dispatch as QMatmulOps>::qrows(w.words.clone().into_dispatch(), w.ty, k, ids.to_vec());
+    let y = <Dispatch as QMatmulOps>::qrows(
+        w.words.clone().into_dispatch(),
+        w.ty,
+        w.layout,
+        k,
+        ids.to_vec(),
+    );
     Ok(Tensor::from_dispatch(y))
 }

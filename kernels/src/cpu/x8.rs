@@ -1,0 +1,470 @@
+//! Weights repacked for the CPU: eight rows interleaved per 32-value block ("x8"), the layout of
+//! llama.cpp's `block_q4_0x8` idea cut to what `vpdpbusd` wants.
+//!
+//! In GGUF order a matrix–vector product walks one row at a time, 18 or 34 bytes per block, and
+//! spends a dozen instructions per row and block on unpacking, scale conversion and one FMA chain.
+//! Repacked, one block column of eight rows is one contiguous run: the eight f16 scales (and Q4_1
+//! minima), then the quants arranged so that 32-bit lane `r` of each 32-byte vector holds four
+//! consecutive values of row `r`. A broadcast of four activation bytes against such a vector gives
+//! eight rows' partial dot products in one instruction, and the eight rows' scales are one f16
+//! vector. Loads are one sequential stream per thread.
+//!
+//! Block `b` of group `g` (rows `8g..8g+8`) sits at `(g·nb + b)·8·block_bytes`:
+//! - Q4_0: `d[8]` f16, then 4 × 32 bytes; byte `4r + t` of vector `v` is byte `4v + t` of row
+//!   `r`'s `qs` (low nibble: value `4v + t`, high nibble: value `16 + 4v + t`);
+//! - Q4_1: `d[8]`, `m[8]` f16, then the same 128 bytes;
+//! - Q8_0: `d[8]` f16, then 8 × 32 bytes; byte `4r + t` of vector `l` is value `4l + t` of row `r`.
+//!
+//! The sizes are those of the GGUF blocks, so a repacked model takes no more memory.
+//!
+//! Summation orders (every kernel — scalar, AVX2, AVX-512 VNNI, one row or a batch — computes
+//! each output with the same operations in the same order, so results are bit-identical across
+//! them):
+//! - Q4_0, Q8_0: per block the exact integer dot product of the row, then
+//!   `acc = fma(d_w·d_a, isum, acc)` block by block;
+//! - Q4_1: ggml's `ggml_vec_dot_q4_1_q8_1` order kept exactly (the fixture's logits are
+//!   bit-identical to llama.cpp's): eight lane accumulators of four-value partial sums, its
+//!   `hsum_float_8` order, plus the minima's sum accumulated block by block.
+
+use std::ops::Range;
+use std::sync::Mutex;
+
+use half::f16;
+use kiln_quant::GgmlType;
+
+use super::{ActFormat, Isa, pool};
+
+/// Rows per interleaved group.
+pub const GROUP: usize = 8;
+
+/// Whether weights of `ty` have an x8 layout and kernels.
+pub fn supported(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+}
+
+/// Whether an `[n, k]` matrix of `ty` can be repacked: whole groups of rows, whole blocks.
+pub fn applies(ty: GgmlType, n: usize, k: usize) -> bool {
+    supported(ty) && n > 0 && n.is_multiple_of(GROUP) && k > 0 && k.is_multiple_of(32)
+}
+
+/// Bytes before the quants in a packed block: the scales (and Q4_1's minima).
+fn header(ty: GgmlType) -> usize {
+    if ty == GgmlType::Q4_1 { 32 } else { 16 }
+}
+
+/// Bytes of one row's quants in a GGUF block, and where they start.
+fn quants(ty: GgmlType) -> (usize, usize) {
+    match ty {
+        GgmlType::Q8_0 => (32, 2),
+        GgmlType::Q4_1 => (16, 4),
+        _ => (16, 2),
+    }
+}
+
+/// The GGUF blocks of an `[n, k]` matrix (`src`) in the x8 layout. `applies(ty, n, k)` must hold.
+pub fn repack(ty: GgmlType, src: &[u8], n: usize, k: usize) -> Vec<u8> {
+    assert!(applies(ty, n, k), "x8 repack of [{n}, {k}] {ty}");
+    let (bb, nb) = (ty.block_bytes(), k / 32);
+    assert_eq!(
+        src.len(),
+        n * nb * bb,
+        "x8 repack: bytes of [{n}, {k}] {ty}"
+    );
+    let (qlen, qat) = quants(ty);
+    let h = header(ty);
+    let mut out = vec![0u8; src.len()];
+    for (g, dst_g) in out.chunks_exact_mut(nb * GROUP * bb).enumerate() {
+        for (b, dst) in dst_g.chunks_exact_mut(GROUP * bb).enumerate() {
+            for q in 0..GROUP {
+                let s = &src[((g * GROUP + q) * nb + b) * bb..][..bb];
+                dst[2 * q..2 * q + 2].copy_from_slice(&s[..2]);
+                if ty == GgmlType::Q4_1 {
+                    dst[16 + 2 * q..18 + 2 * q].copy_from_slice(&s[2..4]);
+                }
+                for c in 0..qlen / 4 {
+                    dst[h + 32 * c + 4 * q..][..4].copy_from_slice(&s[qat + 4 * c..][..4]);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The GGUF blocks of rows `rows` of an x8-packed `[n, k]` matrix, appended to `out`.
+pub fn unpack_rows(ty: GgmlType, packed: &[u8], k: usize, rows: Range<usize>, out: &mut Vec<u8>) {
+    let (bb, nb) = (ty.block_bytes(), k / 32);
+    let (qlen, qat) = quants(ty);
+    let h = header(ty);
+    for row in rows {
+        let (g, q) = (row / GROUP, row % GROUP);
+        for b in 0..nb {
+            let src = &packed[(g * nb + b) * GROUP * bb..][..GROUP * bb];
+            let at = out.len();
+            out.resize(at + bb, 0);
+            let dst = &mut out[at..];
+            dst[..2].copy_from_slice(&src[2 * q..2 * q + 2]);
+            if ty == GgmlType::Q4_1 {
+                dst[2..4].copy_from_slice(&src[16 + 2 * q..18 + 2 * q]);
+            }
+            for c in 0..qlen / 4 {
+                dst[qat + 4 * c..][..4].copy_from_slice(&src[h + 32 * c + 4 * q..][..4]);
+            }
+        }
+    }
+}
+
+/// One quantized activation row and its per-block scalars, read by the x8 kernels.
+#[derive(Clone, Copy)]
+pub struct ActRow<'a> {
+    /// The row in its [`ActFormat`] (Q8_0 for Q4_0/Q8_0 weights, Q8_1 for Q4_1).
+    pub q: &'a [u8],
+    /// Each block's scale as f32.
+    pub d: &'a [f32],
+    /// Q4_0: 8·Σq of each block, Q8_0: 128·Σq (the offsets the unsigned products carry).
+    pub c: &'a [i32],
+    /// Q4_1: each block's `s` (d·Σq, as stored in f16) as f32.
+    pub s: &'a [f32],
+}
+
+/// `R` activation rows against one group: `[row][8 outputs]`.
+pub type X8Fn<const R: usize> = fn(usize, &[u8], &[ActRow; R]) -> [[f32; GROUP]; R];
+
+/// Activation rows per call of the batched kernel.
+pub const ROWS: usize = 4;
+
+struct Kernels {
+    one: X8Fn<1>,
+    /// `None`: batches run row by row (Q4_1, whose eight lane accumulators per row fill the
+    /// registers).
+    rows: Option<X8Fn<ROWS>>,
+}
+
+fn kernels(isa: Isa, ty: GgmlType) -> Kernels {
+    macro_rules! pick {
+        ($m:path) => {{
+            use $m as m;
+            match ty {
+                GgmlType::Q4_0 => Kernels {
+                    one: m::q4_0::<1>,
+                    rows: Some(m::q4_0::<ROWS>),
+                },
+                GgmlType::Q8_0 => Kernels {
+                    one: m::q8_0::<1>,
+                    rows: Some(m::q8_0::<ROWS>),
+                },
+                _ => Kernels {
+                    one: m::q4_1::<1>,
+                    rows: None,
+                },
+            }
+        }};
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.available() => pick!(safe_x86::avx2),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if isa.available() => pick!(safe_x86::avx512vnni),
+        _ => pick!(scalar),
+    }
+}
+
+/// Activation rows from which a product splits rows (not weight groups) among threads.
+const SPLIT_ROWS_FROM: usize = 16;
+/// Activation rows a thread runs against all weight groups before the next rows (they stay in
+/// the core's L2 while the weights stream past).
+const ROW_CHUNK: usize = 64;
+
+/// `y[m, n] = x[m, k] · W[n, k]ᵀ` with `W` x8-packed ([`repack`]). Same contract as
+/// [`super::qmatmul`].
+pub fn qmatmul(
+    isa: Isa,
+    ty: GgmlType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+) -> Vec<f32> {
+    assert!(applies(ty, n, k), "x8 qmatmul of [{n}, {k}] {ty}");
+    assert_eq!(
+        w.len(),
+        n * (k / 32) * ty.block_bytes(),
+        "x8 qmatmul: weight bytes"
+    );
+    assert_eq!(x.len(), m * k, "x8 qmatmul: activations for [{m}, {k}]");
+    let nb = k / 32;
+    let act = ActFormat::for_weights(ty).expect("x8 types have an activation format");
+    let a_row = act.row_bytes(k);
+    let a = super::quantize_acts(act, x, m, k);
+    // Per-block scalars of every activation row.
+    let mut d = vec![0.0f32; m * nb];
+    let mut c = vec![0i32; if ty == GgmlType::Q4_1 { 0 } else { m * nb }];
+    let mut s = vec![0.0f32; if ty == GgmlType::Q4_1 { m * nb } else { 0 }];
+    // Bytes before a block's 32 quants: 2 (Q8_0: d) or 4 (Q8_1: d, s).
+    let qat = act.block().1 - 32;
+    let offset = if ty == GgmlType::Q4_0 { 8 } else { 128 };
+    for (i, blk) in a.chunks_exact(qat + 32).enumerate() {
+        d[i] = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        if ty == GgmlType::Q4_1 {
+            s[i] = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
+        } else {
+            c[i] = offset * blk[qat..].iter().map(|&q| i32::from(q as i8)).sum::<i32>();
+        }
+    }
+    let row = |i: usize| ActRow {
+        q: &a[i * a_row..(i + 1) * a_row],
+        d: &d[i * nb..(i + 1) * nb],
+        c: if c.is_empty() {
+            &[]
+        } else {
+            &c[i * nb..(i + 1) * nb]
+        },
+        s: if s.is_empty() {
+            &[]
+        } else {
+            &s[i * nb..(i + 1) * nb]
+        },
+    };
+    let kern = kernels(isa, ty);
+    let group_bytes = nb * GROUP * ty.block_bytes();
+    let groups = n / GROUP;
+    let pool = pool::pool();
+    let threads = pool.threads();
+
+    // Runs activation rows `rows` against group `g`, handing each row's 8 outputs to `put`.
+    let run = |g: usize, rows: Range<usize>, put: &mut dyn FnMut(usize, &[f32; GROUP])| {
+        let wg = &w[g * group_bytes..(g + 1) * group_bytes];
+        let mut i = rows.start;
+        if let Some(f) = kern.rows {
+            while i + ROWS <= rows.end {
+                let y = f(nb, wg, &std::array::from_fn(|r| row(i + r)));
+                for (r, y) in y.iter().enumerate() {
+                    put(i + r, y);
+                }
+                i += ROWS;
+            }
+        }
+        for i in i..rows.end {
+            put(i, &(kern.one)(nb, wg, &[row(i)])[0]);
+        }
+    };
+
+    if m >= SPLIT_ROWS_FROM && threads > 1 {
+        // Prompts: each thread its own activation rows, all the weights; output rows disjoint.
+        let mut out = vec![0.0f32; m * n];
+        let parts: Vec<Mutex<&mut [f32]>> = super::split_rows(&mut out, n, m, threads)
+            .into_iter()
+            .map(Mutex::new)
+            .collect();
+        pool.run(&|t: usize| {
+            let mine = pool::share(m, threads, t);
+            let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
+            for c0 in mine.clone().step_by(ROW_CHUNK) {
+                let c1 = (c0 + ROW_CHUNK).min(mine.end);
+                for g in 0..groups {
+                    run(g, c0..c1, &mut |i, y| {
+                        let at = (i - mine.start) * n + g * GROUP;
+                        part[at..at + GROUP].copy_from_slice(y);
+                    });
+                }
+            }
+        });
+        return out;
+    }
+    // Decode and small batches: each thread a share of the weight groups, output `[n, m]`.
+    let mut out_t = vec![0.0f32; n * m];
+    let parts: Vec<Mutex<&mut [f32]>> = super::split_rows(&mut out_t, GROUP * m, groups, threads)
+        .into_iter()
+        .map(Mutex::new)
+        .collect();
+    pool.run(&|t: usize| {
+        let mine = pool::share(groups, threads, t);
+        let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
+        for (gi, g) in mine.enumerate() {
+            run(g, 0..m, &mut |i, y| {
+                for (q, v) in y.iter().enumerate() {
+                    part[(gi * GROUP + q) * m + i] = *v;
+                }
+            });
+        }
+    });
+    if m == 1 {
+        return out_t;
+    }
+    super::transpose(&out_t, n, m)
+}
+
+/// The portable kernels, in the same order of operations as the SIMD ones (so bit-identical).
+mod scalar {
+    use super::{ActRow, GROUP};
+    use half::f16;
+
+    fn f16_at(p: &[u8], i: usize) -> f32 {
+        f16::from_le_bytes([p[2 * i], p[2 * i + 1]]).to_f32()
+    }
+
+    /// Value `j` (0..32) of row `q` in a packed block's quants: Q4 unsigned nibbles.
+    fn nibble(quants: &[u8], q: usize, j: usize) -> i32 {
+        let (v, t) = ((j % 16) / 4, j % 4);
+        let byte = quants[32 * v + 4 * q + t];
+        i32::from(if j < 16 { byte & 0x0F } else { byte >> 4 })
+    }
+
+    pub fn q4_0<const R: usize>(nb: usize, w: &[u8], a: &[ActRow; R]) -> [[f32; GROUP]; R] {
+        let mut out = [[0.0f32; GROUP]; R];
+        for b in 0..nb {
+            let blk = &w[144 * b..144 * (b + 1)];
+            for (r, a) in a.iter().enumerate() {
+                let y = &a.q[34 * b + 2..34 * b + 34];
+                for (q, o) in out[r].iter_mut().enumerate() {
+                    let dot: i32 = (0..32)
+                        .map(|j| nibble(&blk[16..], q, j) * i32::from(y[j] as i8))
+                        .sum();
+                    let d = f16_at(blk, q) * a.d[b];
+                    *o = d.mul_add((dot - a.c[b]) as f32, *o);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn q8_0<const R: usize>(nb: usize, w: &[u8], a: &[ActRow; R]) -> [[f32; GROUP]; R] {
+        let mut out = [[0.0f32; GROUP]; R];
+        for b in 0..nb {
+            let blk = &w[272 * b..272 * (b + 1)];
+            for (r, a) in a.iter().enumerate() {
+                let y = &a.q[34 * b + 2..34 * b + 34];
+                for (q, o) in out[r].iter_mut().enumerate() {
+                    let dot: i32 = (0..32)
+                        .map(|j| {
+                            let wq = blk[16 + 32 * (j / 4) + 4 * q + j % 4] as i8;
+                            i32::from(wq) * i32::from(y[j] as i8)
+                        })
+                        .sum();
+                    let d = f16_at(blk, q) * a.d[b];
+                    *o = d.mul_add(dot as f32, *o);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn q4_1<const R: usize>(nb: usize, w: &[u8], a: &[ActRow; R]) -> [[f32; GROUP]; R] {
+        let mut out = [[0.0f32; GROUP]; R];
+        for (r, a) in a.iter().enumerate() {
+            let mut acc = [[0.0f32; 8]; GROUP];
+            let mut summs = [0.0f32; GROUP];
+            for b in 0..nb {
+                let blk = &w[160 * b..160 * (b + 1)];
+                let y = &a.q[36 * b + 4..36 * b + 36];
+                for q in 0..GROUP {
+                    summs[q] += f16_at(blk, 8 + q) * a.s[b];
+                    let d = f16_at(blk, q) * a.d[b];
+                    for (l, acc) in acc[q].iter_mut().enumerate() {
+                        let p: i32 = (4 * l..4 * l + 4)
+                            .map(|j| nibble(&blk[32..], q, j) * i32::from(y[j] as i8))
+                            .sum();
+                        *acc = d.mul_add(p as f32, *acc);
+                    }
+                }
+            }
+            for q in 0..GROUP {
+                let x = &acc[q];
+                let sum = ((x[0] + x[4]) + (x[2] + x[6])) + ((x[1] + x[5]) + (x[3] + x[7]));
+                out[r][q] = sum + summs[q];
+            }
+        }
+        out
+    }
+}
+
+/// Safe entry points to the SIMD kernels: [`kernels`] hands them out only after checking the
+/// CPU, and [`qmatmul`] passes whole groups and rows.
+#[cfg(target_arch = "x86_64")]
+mod safe_x86 {
+    macro_rules! wrap {
+        ($isa:ident: $($f:ident),*) => {
+            pub mod $isa {
+                use super::super::{ActRow, GROUP};
+                $(pub fn $f<const R: usize>(nb: usize, w: &[u8], a: &[ActRow; R]) -> [[f32; GROUP]; R] {
+                    // SAFETY: reached only through `kernels`, which checked the CPU's features,
+                    // with a whole group of `nb` blocks and activation rows of `nb` blocks.
+                    unsafe { super::super::super::x8_x86::$isa::$f::<R>(nb, w, a) }
+                })*
+            }
+        };
+    }
+    wrap!(avx2: q4_0, q4_1, q8_0);
+    wrap!(avx512vnni: q4_0, q4_1, q8_0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|i| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * (1.0 + (i % 5) as f32)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn repack_round_trips() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let (n, k) = (16, 96);
+            let w = kiln_quant::blocks::quantize_to_vec(ty, &data(n * k, 3)).unwrap();
+            let p = repack(ty, &w, n, k);
+            assert_ne!(p, w, "{ty}");
+            let mut back = Vec::new();
+            unpack_rows(ty, &p, k, 0..n, &mut back);
+            assert_eq!(back, w, "{ty}");
+            let mut one = Vec::new();
+            unpack_rows(ty, &p, k, 11..12, &mut one);
+            let row = w.len() / n;
+            assert_eq!(one, w[11 * row..12 * row], "{ty}");
+        }
+    }
+
+    /// Every ISA (scalar included) gives the same bits, alone or in a batch, along both thread
+    /// splits; against the GGUF-order kernels: Q4_1 bit-identical (llama.cpp's order), Q4_0 and
+    /// Q8_0 within float rounding.
+    #[test]
+    fn x8_kernels_agree_with_the_gguf_kernels() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            for &(m, n, kb) in &[(1, 8, 1), (1, 24, 3), (3, 16, 2), (5, 8, 5), (21, 40, 3)] {
+                let k = 32 * kb;
+                let wf = data(n * k, 7 + n as u64);
+                let w = kiln_quant::blocks::quantize_to_vec(ty, &wf).unwrap();
+                let p = repack(ty, &w, n, k);
+                let x = data(m * k, 99 + m as u64);
+                let reference = qmatmul(Isa::Scalar, ty, &p, n, k, &x, m);
+                let xnorm = (x.iter().map(|v| v * v).sum::<f32>() / m as f32).sqrt();
+                let wnorm = (wf.iter().map(|v| v * v).sum::<f32>() / n as f32).sqrt();
+                for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+                    let got = qmatmul(isa, ty, &p, n, k, &x, m);
+                    assert_eq!(got, reference, "{ty} {} m{m} n{n} k{k}", isa.name());
+                    // Each row alone gives the bits it gets in the batch.
+                    for i in [0, m - 1] {
+                        let alone = qmatmul(isa, ty, &p, n, k, &x[i * k..(i + 1) * k], 1);
+                        assert_eq!(alone, reference[i * n..(i + 1) * n], "{ty} row {i}");
+                    }
+                    let gguf = super::super::qmatmul(isa, ty, &w, n, k, &x, m);
+                    for (g, r) in gguf.iter().zip(&reference) {
+                        if ty == GgmlType::Q4_1 && isa != Isa::Scalar {
+                            assert_eq!(g.to_bits(), r.to_bits(), "{ty} {} m{m}", isa.name());
+                        } else {
+                            let tol = 1e-5 * (1.0 + r.abs()) + 1e-6 * xnorm * wnorm;
+                            assert!((g - r).abs() <= tol, "{ty}: {g} vs {r}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

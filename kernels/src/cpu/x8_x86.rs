@@ -1,0 +1,230 @@
+//! x86-64 kernels for x8-packed weights ([`super::x8`]): AVX2 + FMA + F16C, and the same with
+//! AVX-512 VNNI's `vpdpbusd` (256-bit, AVX-512VL) for the 8-bit multiply-adds. One macro writes
+//! both so that the helpers inline with the caller's features.
+//!
+//! Lane `r` of every vector is weight row `r` of the group: an activation's four bytes broadcast
+//! to all lanes meet four values of each of the eight rows.
+
+macro_rules! x8_kernels {
+    ($module:ident, $features:literal, $vnni:literal) => {
+        pub mod $module {
+            use core::arch::x86_64::*;
+
+            use super::super::x8::{ActRow, GROUP};
+
+            /// The four activation bytes at `p` in every 32-bit lane.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn bcast(p: *const u8) -> __m256i {
+                // SAFETY: the caller points at 4 readable bytes.
+                _mm256_set1_epi32(unsafe { core::ptr::read_unaligned(p as *const i32) })
+            }
+
+            /// `acc` + Σ of each lane's four u8 × i8 products (no saturation: callers keep
+            /// `u` ≤ 127, or use VNNI, which never saturates).
+            #[inline]
+            #[target_feature(enable = $features)]
+            #[allow(unused_unsafe)]
+            fn dp(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+                if $vnni {
+                    // SAFETY: only compiled into the module with avx512vnni + avx512vl.
+                    unsafe { _mm256_dpbusd_epi32(acc, u, s) }
+                } else {
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+                    _mm256_add_epi32(acc, p)
+                }
+            }
+
+            /// The 8 vectors of unsigned nibbles of a packed Q4 block's quants at `p`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn nibbles(p: *const u8) -> [__m256i; 8] {
+                let m4 = _mm256_set1_epi8(0x0F);
+                let mut q = [_mm256_setzero_si256(); 8];
+                for v in 0..4 {
+                    // SAFETY: the caller points at 128 readable bytes.
+                    let c = unsafe { _mm256_loadu_si256(p.add(32 * v) as *const __m256i) };
+                    q[v] = _mm256_and_si256(c, m4);
+                    q[v + 4] = _mm256_and_si256(_mm256_srli_epi16(c, 4), m4);
+                }
+                q
+            }
+
+            /// Q4_0 weights (`nb` packed blocks of one group) against `R` Q8_0 activation rows.
+            ///
+            /// # Safety
+            /// `w` holds `nb` packed Q4_0 blocks, every row of `a` `nb` Q8_0 blocks and their
+            /// scalars; the CPU has the module's features.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_0<const R: usize>(
+                nb: usize,
+                w: &[u8],
+                a: &[ActRow; R],
+            ) -> [[f32; GROUP]; R] {
+                debug_assert!(w.len() >= 144 * nb);
+                debug_assert!(a.iter().all(|a| a.q.len() >= 34 * nb && a.c.len() >= nb));
+                let mut acc = [_mm256_setzero_ps(); R];
+                for b in 0..nb {
+                    // SAFETY: block b of the group and of every activation row is in bounds.
+                    unsafe {
+                        let blk = w.as_ptr().add(144 * b);
+                        let dx = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+                        let q = nibbles(blk.add(16));
+                        for r in 0..R {
+                            let y = a[r].q.as_ptr().add(34 * b + 2);
+                            let isum = if $vnni {
+                                let (mut s0, mut s1) =
+                                    (_mm256_setzero_si256(), _mm256_setzero_si256());
+                                for l in 0..4 {
+                                    s0 = dp(s0, q[l], bcast(y.add(4 * l)));
+                                    s1 = dp(s1, q[l + 4], bcast(y.add(16 + 4 * l)));
+                                }
+                                _mm256_add_epi32(s0, s1)
+                            } else {
+                                // Pair sums of nibbles × bytes stay within ±3810: eight of them
+                                // add up in 16 bits.
+                                let mut t = _mm256_setzero_si256();
+                                for l in 0..8 {
+                                    t = _mm256_add_epi16(
+                                        t,
+                                        _mm256_maddubs_epi16(q[l], bcast(y.add(4 * l))),
+                                    );
+                                }
+                                _mm256_madd_epi16(t, _mm256_set1_epi16(1))
+                            };
+                            // Σ (q - 8)·y = Σ q·y - 8·Σ y.
+                            let isum =
+                                _mm256_sub_epi32(isum, _mm256_set1_epi32(*a[r].c.get_unchecked(b)));
+                            let d = _mm256_mul_ps(dx, _mm256_set1_ps(*a[r].d.get_unchecked(b)));
+                            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc[r]);
+                        }
+                    }
+                }
+                let mut out = [[0.0f32; GROUP]; R];
+                for r in 0..R {
+                    // SAFETY: 8 floats.
+                    unsafe { _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]) };
+                }
+                out
+            }
+
+            /// Q8_0 weights against `R` Q8_0 activation rows.
+            ///
+            /// # Safety
+            /// As [`q4_0`], with `nb` packed Q8_0 blocks.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q8_0<const R: usize>(
+                nb: usize,
+                w: &[u8],
+                a: &[ActRow; R],
+            ) -> [[f32; GROUP]; R] {
+                debug_assert!(w.len() >= 272 * nb);
+                debug_assert!(a.iter().all(|a| a.q.len() >= 34 * nb && a.c.len() >= nb));
+                let mut acc = [_mm256_setzero_ps(); R];
+                for b in 0..nb {
+                    // SAFETY: block b of the group and of every activation row is in bounds.
+                    unsafe {
+                        let blk = w.as_ptr().add(272 * b);
+                        let dx = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+                        let qp = blk.add(16);
+                        let mut u = [_mm256_setzero_si256(); 8];
+                        for l in 0..8 {
+                            let q = _mm256_loadu_si256(qp.add(32 * l) as *const __m256i);
+                            // VNNI: q + 128 as unsigned bytes (the offset is taken out below);
+                            // AVX2: |q|, the sign moved onto the activations.
+                            u[l] = if $vnni {
+                                _mm256_xor_si256(q, _mm256_set1_epi8(0x80u8 as i8))
+                            } else {
+                                _mm256_sign_epi8(q, q)
+                            };
+                        }
+                        for r in 0..R {
+                            let y = a[r].q.as_ptr().add(34 * b + 2);
+                            let isum = if $vnni {
+                                let (mut s0, mut s1) =
+                                    (_mm256_setzero_si256(), _mm256_setzero_si256());
+                                for l in 0..4 {
+                                    s0 = dp(s0, u[l], bcast(y.add(4 * l)));
+                                    s1 = dp(s1, u[l + 4], bcast(y.add(16 + 4 * l)));
+                                }
+                                let s = _mm256_add_epi32(s0, s1);
+                                _mm256_sub_epi32(s, _mm256_set1_epi32(*a[r].c.get_unchecked(b)))
+                            } else {
+                                let mut s = _mm256_setzero_si256();
+                                for l in 0..8 {
+                                    let q = _mm256_loadu_si256(qp.add(32 * l) as *const __m256i);
+                                    s = dp(s, u[l], _mm256_sign_epi8(bcast(y.add(4 * l)), q));
+                                }
+                                s
+                            };
+                            let d = _mm256_mul_ps(dx, _mm256_set1_ps(*a[r].d.get_unchecked(b)));
+                            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc[r]);
+                        }
+                    }
+                }
+                let mut out = [[0.0f32; GROUP]; R];
+                for r in 0..R {
+                    // SAFETY: 8 floats.
+                    unsafe { _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]) };
+                }
+                out
+            }
+
+            /// Q4_1 weights against `R` Q8_1 activation rows, in `ggml_vec_dot_q4_1_q8_1`'s
+            /// order: lane accumulator `l` of row `r` is lane `r` of `acc[l]`.
+            ///
+            /// # Safety
+            /// As [`q4_0`], with `nb` packed Q4_1 blocks and each row's `s`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_1<const R: usize>(
+                nb: usize,
+                w: &[u8],
+                a: &[ActRow; R],
+            ) -> [[f32; GROUP]; R] {
+                debug_assert!(w.len() >= 160 * nb);
+                debug_assert!(a.iter().all(|a| a.q.len() >= 36 * nb && a.s.len() >= nb));
+                let mut out = [[0.0f32; GROUP]; R];
+                for r in 0..R {
+                    let mut acc = [_mm256_setzero_ps(); 8];
+                    let mut summs = _mm256_setzero_ps();
+                    for b in 0..nb {
+                        // SAFETY: block b of the group and of the activation row is in bounds.
+                        unsafe {
+                            let blk = w.as_ptr().add(160 * b);
+                            let dx = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+                            let mx =
+                                _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
+                            let y = a[r].q.as_ptr().add(36 * b + 4);
+                            summs = _mm256_add_ps(
+                                summs,
+                                _mm256_mul_ps(mx, _mm256_set1_ps(*a[r].s.get_unchecked(b))),
+                            );
+                            let d = _mm256_mul_ps(dx, _mm256_set1_ps(*a[r].d.get_unchecked(b)));
+                            let q = nibbles(blk.add(32));
+                            for l in 0..8 {
+                                let p = dp(_mm256_setzero_si256(), q[l], bcast(y.add(4 * l)));
+                                acc[l] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[l]);
+                            }
+                        }
+                    }
+                    // hsum_float_8's order, eight rows at once.
+                    let t0 = _mm256_add_ps(acc[0], acc[4]);
+                    let t1 = _mm256_add_ps(acc[1], acc[5]);
+                    let t2 = _mm256_add_ps(acc[2], acc[6]);
+                    let t3 = _mm256_add_ps(acc[3], acc[7]);
+                    let sum = _mm256_add_ps(_mm256_add_ps(t0, t2), _mm256_add_ps(t1, t3));
+                    // SAFETY: 8 floats.
+                    unsafe { _mm256_storeu_ps(out[r].as_mut_ptr(), _mm256_add_ps(sum, summs)) };
+                }
+                out
+            }
+        }
+    };
+}
+
+x8_kernels!(avx2, "avx2,fma,f16c", false);
+x8_kernels!(
+    avx512vnni,
+    "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
+    true
+);
