@@ -14,7 +14,8 @@ pub enum Layout {
     Gguf,
     /// The CPU's x8 layout (eight rows interleaved per block, [`crate::cpu::x8`]) of a matrix
     /// with rows of `k` values: Q4_0, Q4_1 and Q8_0 matrices on the CPU whose row count is a
-    /// multiple of 8, unless `KILN_CPU_REPACK=0`. Same size as the GGUF blocks.
+    /// multiple of 8, unless `KILN_CPU_REPACK=0`. Same size as the GGUF blocks (Q4_K: 2.8%
+    /// more, [`crate::cpu::x8::packed_bytes`]).
     CpuX8 { k: usize },
 }
 
@@ -67,7 +68,8 @@ impl QTensor {
             Layout::CpuX8 { k } => crate::cpu::x8::repack(ty, bytes, shape[0], k),
             Layout::Gguf => bytes.to_vec(),
         };
-        padded.resize(bytes.len().div_ceil(4) * 4, 0);
+        let n_bytes = padded.len();
+        padded.resize(n_bytes.div_ceil(4) * 4, 0);
         let n_words = padded.len() / 4;
         let data = TensorData::from_bytes_vec(padded, [n_words], DType::U32);
         let words = Tensor::<1, Int>::from_data(data, (device, DType::U32));
@@ -75,7 +77,7 @@ impl QTensor {
             ty,
             shape: shape.to_vec(),
             words,
-            n_bytes: bytes.len(),
+            n_bytes,
             layout,
         })
     }

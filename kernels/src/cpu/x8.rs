@@ -13,15 +13,22 @@
 //! - Q4_0: `d[8]` f16, then 4 × 32 bytes; byte `4r + t` of vector `v` is byte `4v + t` of row
 //!   `r`'s `qs` (low nibble: value `4v + t`, high nibble: value `16 + 4v + t`);
 //! - Q4_1: `d[8]`, `m[8]` f16, then the same 128 bytes;
-//! - Q8_0: `d[8]` f16, then 8 × 32 bytes; byte `4r + t` of vector `l` is value `4l + t` of row `r`.
+//! - Q8_0: `d[8]` f16, then 8 × 32 bytes; byte `4r + t` of vector `l` is value `4l + t` of row `r`;
+//! - Q4_K (256-value blocks): `d[8]`, `dmin[8]` f16, the 6-bit scales and minima decoded to
+//!   bytes (`sc[sub-block][row]`, then `m[sub-block][row]`), then for each pair `p` of 32-value
+//!   sub-blocks 8 × 32 bytes: byte `4r + t` of vector `v` is byte `32p + 4v + t` of row `r`'s
+//!   `qs` (low nibble: sub-block `2p`, high nibble: `2p + 1`, value `4v + t`).
 //!
-//! The sizes are those of the GGUF blocks, so a repacked model takes no more memory.
+//! The sizes are those of the GGUF blocks, so a repacked model takes no more memory — except
+//! Q4_K, whose decoded scales add 32 bytes per 8 × 144 (2.8%).
 //!
 //! Summation orders (every kernel — scalar, AVX2, AVX-512 VNNI, one row or a batch — computes
 //! each output with the same operations in the same order, so results are bit-identical across
 //! them):
 //! - Q4_0, Q8_0: per block the exact integer dot product of the row, then
 //!   `acc = fma(d_w·d_a, isum, acc)` block by block;
+//! - Q4_K: per block the exact integer sums `Σ sc·(q·y)` and `Σ m·Σy` of the row, then
+//!   `acc = fma(d·d_a, sums, acc)`, `acc_m = fma(-dmin·d_a, mins, acc_m)`, `acc + acc_m`;
 //! - Q4_1: ggml's `ggml_vec_dot_q4_1_q8_1` order kept exactly (the fixture's logits are
 //!   bit-identical to llama.cpp's): eight lane accumulators of four-value partial sums, its
 //!   `hsum_float_8` order, plus the minima's sum accumulated block by block.
@@ -39,12 +46,70 @@ pub const GROUP: usize = 8;
 
 /// Whether weights of `ty` have an x8 layout and kernels.
 pub fn supported(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+    matches!(
+        ty,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4_K
+    )
 }
 
 /// Whether an `[n, k]` matrix of `ty` can be repacked: whole groups of rows, whole blocks.
 pub fn applies(ty: GgmlType, n: usize, k: usize) -> bool {
-    supported(ty) && n > 0 && n.is_multiple_of(GROUP) && k > 0 && k.is_multiple_of(32)
+    supported(ty) && n > 0 && n.is_multiple_of(GROUP) && k > 0 && k.is_multiple_of(ty.block_size())
+}
+
+/// Bytes of one packed block (eight rows).
+fn packed_block(ty: GgmlType) -> usize {
+    if ty == GgmlType::Q4_K {
+        GROUP * ty.block_bytes() + 32
+    } else {
+        GROUP * ty.block_bytes()
+    }
+}
+
+/// Bytes of an x8-packed `[n, k]` matrix.
+pub fn packed_bytes(ty: GgmlType, n: usize, k: usize) -> usize {
+    n / GROUP * (k / ty.block_size()) * packed_block(ty)
+}
+
+/// Where Q4_K's packed block holds the decoded scales, minima and the quants.
+const K_SC: usize = 32;
+const K_M: usize = 96;
+const K_QS: usize = 160;
+
+fn repack_q4_k(dst: &mut [u8], q: usize, s: &[u8]) {
+    dst[2 * q..2 * q + 2].copy_from_slice(&s[..2]);
+    dst[16 + 2 * q..18 + 2 * q].copy_from_slice(&s[2..4]);
+    let (sc, m) = super::dot_scalar::q4k_scales_mins(&s[4..16]);
+    for j in 0..8 {
+        dst[K_SC + 8 * j + q] = sc[j];
+        dst[K_M + 8 * j + q] = m[j];
+    }
+    for p in 0..4 {
+        for v in 0..8 {
+            dst[K_QS + 256 * p + 32 * v + 4 * q..][..4]
+                .copy_from_slice(&s[16 + 32 * p + 4 * v..][..4]);
+        }
+    }
+}
+
+/// The inverse of [`repack_q4_k`] for row `q`: the 6-bit scales packed back as ggml packs them
+/// (every bit of the 12 bytes is a bit of a scale or minimum, so this is exact).
+fn unpack_q4_k(src: &[u8], q: usize, d: &mut [u8]) {
+    d[..2].copy_from_slice(&src[2 * q..2 * q + 2]);
+    d[2..4].copy_from_slice(&src[16 + 2 * q..18 + 2 * q]);
+    let sc = |j: usize| src[K_SC + 8 * j + q];
+    let m = |j: usize| src[K_M + 8 * j + q];
+    for j in 0..4 {
+        d[4 + j] = sc(j) | ((sc(j + 4) >> 4) << 6);
+        d[8 + j] = m(j) | ((m(j + 4) >> 4) << 6);
+        d[12 + j] = (sc(j + 4) & 0x0F) | ((m(j + 4) & 0x0F) << 4);
+    }
+    for p in 0..4 {
+        for v in 0..8 {
+            d[16 + 32 * p + 4 * v..][..4]
+                .copy_from_slice(&src[K_QS + 256 * p + 32 * v + 4 * q..][..4]);
+        }
+    }
 }
 
 /// Bytes before the quants in a packed block: the scales (and Q4_1's minima).
@@ -64,7 +129,7 @@ fn quants(ty: GgmlType) -> (usize, usize) {
 /// The GGUF blocks of an `[n, k]` matrix (`src`) in the x8 layout. `applies(ty, n, k)` must hold.
 pub fn repack(ty: GgmlType, src: &[u8], n: usize, k: usize) -> Vec<u8> {
     assert!(applies(ty, n, k), "x8 repack of [{n}, {k}] {ty}");
-    let (bb, nb) = (ty.block_bytes(), k / 32);
+    let (bb, nb) = (ty.block_bytes(), k / ty.block_size());
     assert_eq!(
         src.len(),
         n * nb * bb,
@@ -72,11 +137,16 @@ pub fn repack(ty: GgmlType, src: &[u8], n: usize, k: usize) -> Vec<u8> {
     );
     let (qlen, qat) = quants(ty);
     let h = header(ty);
-    let mut out = vec![0u8; src.len()];
-    for (g, dst_g) in out.chunks_exact_mut(nb * GROUP * bb).enumerate() {
-        for (b, dst) in dst_g.chunks_exact_mut(GROUP * bb).enumerate() {
+    let pb = packed_block(ty);
+    let mut out = vec![0u8; packed_bytes(ty, n, k)];
+    for (g, dst_g) in out.chunks_exact_mut(nb * pb).enumerate() {
+        for (b, dst) in dst_g.chunks_exact_mut(pb).enumerate() {
             for q in 0..GROUP {
                 let s = &src[((g * GROUP + q) * nb + b) * bb..][..bb];
+                if ty == GgmlType::Q4_K {
+                    repack_q4_k(dst, q, s);
+                    continue;
+                }
                 dst[2 * q..2 * q + 2].copy_from_slice(&s[..2]);
                 if ty == GgmlType::Q4_1 {
                     dst[16 + 2 * q..18 + 2 * q].copy_from_slice(&s[2..4]);
@@ -92,16 +162,21 @@ pub fn repack(ty: GgmlType, src: &[u8], n: usize, k: usize) -> Vec<u8> {
 
 /// The GGUF blocks of rows `rows` of an x8-packed `[n, k]` matrix, appended to `out`.
 pub fn unpack_rows(ty: GgmlType, packed: &[u8], k: usize, rows: Range<usize>, out: &mut Vec<u8>) {
-    let (bb, nb) = (ty.block_bytes(), k / 32);
+    let (bb, nb) = (ty.block_bytes(), k / ty.block_size());
     let (qlen, qat) = quants(ty);
     let h = header(ty);
+    let pb = packed_block(ty);
     for row in rows {
         let (g, q) = (row / GROUP, row % GROUP);
         for b in 0..nb {
-            let src = &packed[(g * nb + b) * GROUP * bb..][..GROUP * bb];
+            let src = &packed[(g * nb + b) * pb..][..pb];
             let at = out.len();
             out.resize(at + bb, 0);
             let dst = &mut out[at..];
+            if ty == GgmlType::Q4_K {
+                unpack_q4_k(src, q, dst);
+                continue;
+            }
             dst[..2].copy_from_slice(&src[2 * q..2 * q + 2]);
             if ty == GgmlType::Q4_1 {
                 dst[2..4].copy_from_slice(&src[16 + 2 * q..18 + 2 * q]);
@@ -120,7 +195,8 @@ pub struct ActRow<'a> {
     pub q: &'a [u8],
     /// Each block's scale as f32.
     pub d: &'a [f32],
-    /// Q4_0: 8·Σq of each block, Q8_0: 128·Σq (the offsets the unsigned products carry).
+    /// Q4_0: 8·Σq of each block, Q8_0: 128·Σq (the offsets the unsigned products carry);
+    /// Q4_K: the eight 32-value sub-block sums of each block.
     pub c: &'a [i32],
     /// Q4_1: each block's `s` (d·Σq, as stored in f16) as f32.
     pub s: &'a [f32],
@@ -151,6 +227,10 @@ fn kernels(isa: Isa, ty: GgmlType) -> Kernels {
                 GgmlType::Q8_0 => Kernels {
                     one: m::q8_0::<1>,
                     rows: Some(m::q8_0::<ROWS>),
+                },
+                GgmlType::Q4_K => Kernels {
+                    one: m::q4_k::<1>,
+                    rows: Some(m::q4_k::<ROWS>),
                 },
                 _ => Kernels {
                     one: m::q4_1::<1>,
@@ -186,39 +266,47 @@ pub fn qmatmul(
     m: usize,
 ) -> Vec<f32> {
     assert!(applies(ty, n, k), "x8 qmatmul of [{n}, {k}] {ty}");
-    assert_eq!(
-        w.len(),
-        n * (k / 32) * ty.block_bytes(),
-        "x8 qmatmul: weight bytes"
-    );
+    assert_eq!(w.len(), packed_bytes(ty, n, k), "x8 qmatmul: weight bytes");
     assert_eq!(x.len(), m * k, "x8 qmatmul: activations for [{m}, {k}]");
-    let nb = k / 32;
+    let nb = k / ty.block_size();
     let act = ActFormat::for_weights(ty).expect("x8 types have an activation format");
     let a_row = act.row_bytes(k);
     let a = super::quantize_acts(act, x, m, k);
     // Per-block scalars of every activation row.
     let mut d = vec![0.0f32; m * nb];
-    let mut c = vec![0i32; if ty == GgmlType::Q4_1 { 0 } else { m * nb }];
+    let per_c = match ty {
+        GgmlType::Q4_1 => 0,
+        GgmlType::Q4_K => 8,
+        _ => 1,
+    };
+    let mut c = vec![0i32; m * nb * per_c];
     let mut s = vec![0.0f32; if ty == GgmlType::Q4_1 { m * nb } else { 0 }];
-    // Bytes before a block's 32 quants: 2 (Q8_0: d) or 4 (Q8_1: d, s).
-    let qat = act.block().1 - 32;
-    let offset = if ty == GgmlType::Q4_0 { 8 } else { 128 };
-    for (i, blk) in a.chunks_exact(qat + 32).enumerate() {
-        d[i] = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-        if ty == GgmlType::Q4_1 {
-            s[i] = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
-        } else {
-            c[i] = offset * blk[qat..].iter().map(|&q| i32::from(q as i8)).sum::<i32>();
+    if ty == GgmlType::Q4_K {
+        // Q8_K: f32 d, 256 quants, 16 sums of 16.
+        for (i, blk) in a.chunks_exact(292).enumerate() {
+            d[i] = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+            let sum = |h: usize| i32::from(i16::from_le_bytes([blk[260 + 2 * h], blk[261 + 2 * h]]));
+            for j in 0..8 {
+                c[8 * i + j] = sum(2 * j) + sum(2 * j + 1);
+            }
+        }
+    } else {
+        // Bytes before a block's 32 quants: 2 (Q8_0: d) or 4 (Q8_1: d, s).
+        let qat = act.block().1 - 32;
+        let offset = if ty == GgmlType::Q4_0 { 8 } else { 128 };
+        for (i, blk) in a.chunks_exact(qat + 32).enumerate() {
+            d[i] = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+            if ty == GgmlType::Q4_1 {
+                s[i] = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
+            } else {
+                c[i] = offset * blk[qat..].iter().map(|&q| i32::from(q as i8)).sum::<i32>();
+            }
         }
     }
     let row = |i: usize| ActRow {
         q: &a[i * a_row..(i + 1) * a_row],
         d: &d[i * nb..(i + 1) * nb],
-        c: if c.is_empty() {
-            &[]
-        } else {
-            &c[i * nb..(i + 1) * nb]
-        },
+        c: &c[i * nb * per_c..(i + 1) * nb * per_c],
         s: if s.is_empty() {
             &[]
         } else {
@@ -226,7 +314,7 @@ pub fn qmatmul(
         },
     };
     let kern = kernels(isa, ty);
-    let group_bytes = nb * GROUP * ty.block_bytes();
+    let group_bytes = nb * packed_block(ty);
     let groups = n / GROUP;
     let pool = pool::pool();
     let threads = pool.threads();
@@ -349,6 +437,43 @@ mod scalar {
         out
     }
 
+    pub fn q4_k<const R: usize>(nb: usize, w: &[u8], a: &[ActRow; R]) -> [[f32; GROUP]; R] {
+        use super::{K_M, K_QS, K_SC};
+        let mut acc = [[0.0f32; GROUP]; R];
+        let mut acc_m = [[0.0f32; GROUP]; R];
+        for b in 0..nb {
+            let blk = &w[1184 * b..1184 * (b + 1)];
+            for (r, a) in a.iter().enumerate() {
+                let y = &a.q[292 * b + 4..292 * b + 260];
+                for q in 0..GROUP {
+                    let (mut sums, mut mins) = (0i32, 0i32);
+                    for j in 0..8 {
+                        let (p, hi) = (j / 2, j % 2 == 1);
+                        let dot: i32 = (0..32)
+                            .map(|l| {
+                                let byte = blk[K_QS + 256 * p + 32 * (l / 4) + 4 * q + l % 4];
+                                let nib = if hi { byte >> 4 } else { byte & 0x0F };
+                                i32::from(nib) * i32::from(y[32 * j + l] as i8)
+                            })
+                            .sum();
+                        sums += i32::from(blk[K_SC + 8 * j + q]) * dot;
+                        mins += i32::from(blk[K_M + 8 * j + q]) * a.c[8 * b + j];
+                    }
+                    let d = f16_at(blk, q) * a.d[b];
+                    let dmin = -(f16_at(blk, 8 + q) * a.d[b]);
+                    acc[r][q] = d.mul_add(sums as f32, acc[r][q]);
+                    acc_m[r][q] = dmin.mul_add(mins as f32, acc_m[r][q]);
+                }
+            }
+        }
+        for r in 0..R {
+            for q in 0..GROUP {
+                acc[r][q] += acc_m[r][q];
+            }
+        }
+        acc
+    }
+
     pub fn q4_1<const R: usize>(nb: usize, w: &[u8], a: &[ActRow; R]) -> [[f32; GROUP]; R] {
         let mut out = [[0.0f32; GROUP]; R];
         for (r, a) in a.iter().enumerate() {
@@ -394,8 +519,8 @@ mod safe_x86 {
             }
         };
     }
-    wrap!(avx2: q4_0, q4_1, q8_0);
-    wrap!(avx512vnni: q4_0, q4_1, q8_0);
+    wrap!(avx2: q4_0, q4_1, q8_0, q4_k);
+    wrap!(avx512vnni: q4_0, q4_1, q8_0, q4_k);
 }
 
 #[cfg(test)]
@@ -416,11 +541,11 @@ mod tests {
 
     #[test]
     fn repack_round_trips() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-            let (n, k) = (16, 96);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
+            let (n, k) = (16, 3 * ty.block_size());
             let w = kiln_quant::blocks::quantize_to_vec(ty, &data(n * k, 3)).unwrap();
             let p = repack(ty, &w, n, k);
-            assert_ne!(p, w, "{ty}");
+            assert_ne!(p[..w.len()], w[..], "{ty}");
             let mut back = Vec::new();
             unpack_rows(ty, &p, k, 0..n, &mut back);
             assert_eq!(back, w, "{ty}");
@@ -436,9 +561,9 @@ mod tests {
     /// Q8_0 within float rounding.
     #[test]
     fn x8_kernels_agree_with_the_gguf_kernels() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
             for &(m, n, kb) in &[(1, 8, 1), (1, 24, 3), (3, 16, 2), (5, 8, 5), (21, 40, 3)] {
-                let k = 32 * kb;
+                let k = ty.block_size() * kb;
                 let wf = data(n * k, 7 + n as u64);
                 let w = kiln_quant::blocks::quantize_to_vec(ty, &wf).unwrap();
                 let p = repack(ty, &w, n, k);

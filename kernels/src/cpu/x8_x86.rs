@@ -170,6 +170,104 @@ macro_rules! x8_kernels {
                 out
             }
 
+            /// Q4_K weights (`nb` packed 256-value blocks of one group) against `R` Q8_K
+            /// activation rows.
+            ///
+            /// # Safety
+            /// As [`q4_0`], with `nb` packed Q4_K blocks, Q8_K rows and their sub-block sums.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_k<const R: usize>(
+                nb: usize,
+                w: &[u8],
+                a: &[ActRow; R],
+            ) -> [[f32; GROUP]; R] {
+                debug_assert!(w.len() >= 1184 * nb);
+                debug_assert!(a.iter().all(|a| a.q.len() >= 292 * nb && a.c.len() >= 8 * nb));
+                let m4 = _mm256_set1_epi8(0x0F);
+                let sign = _mm256_set1_ps(-0.0);
+                // One row: two chains per sum, so that vpdpbusd's latency overlaps.
+                let ch = if R == 1 { 2 } else { 1 };
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut acc_m = [_mm256_setzero_ps(); R];
+                for b in 0..nb {
+                    // SAFETY: block b of the group and of every activation row is in bounds.
+                    unsafe {
+                        let blk = w.as_ptr().add(1184 * b);
+                        let dx = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+                        let dmx = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
+                        let scale = |j: usize| {
+                            _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.add(32 + 8 * j) as *const __m128i))
+                        };
+                        let mut tot = [_mm256_setzero_si256(); R];
+                        for pair in 0..4 {
+                            let mut lo = [[_mm256_setzero_si256(); 2]; R];
+                            let mut hi = [[_mm256_setzero_si256(); 2]; R];
+                            for v in 0..8 {
+                                let c = _mm256_loadu_si256(
+                                    blk.add(160 + 256 * pair + 32 * v) as *const __m256i,
+                                );
+                                let ql = _mm256_and_si256(c, m4);
+                                let qh = _mm256_and_si256(_mm256_srli_epi16(c, 4), m4);
+                                for r in 0..R {
+                                    let y = a[r].q.as_ptr().add(292 * b + 4 + 64 * pair + 4 * v);
+                                    if $vnni {
+                                        lo[r][v % ch] = dp(lo[r][v % ch], ql, bcast(y));
+                                        hi[r][v % ch] = dp(hi[r][v % ch], qh, bcast(y.add(32)));
+                                    } else {
+                                        // Nibble × byte pair sums (±3810) add up in 16 bits.
+                                        lo[r][0] = _mm256_add_epi16(
+                                            lo[r][0],
+                                            _mm256_maddubs_epi16(ql, bcast(y)),
+                                        );
+                                        hi[r][0] = _mm256_add_epi16(
+                                            hi[r][0],
+                                            _mm256_maddubs_epi16(qh, bcast(y.add(32))),
+                                        );
+                                    }
+                                }
+                            }
+                            let (sl, sh) = (scale(2 * pair), scale(2 * pair + 1));
+                            for r in 0..R {
+                                let (l, h) = if $vnni {
+                                    (
+                                        _mm256_add_epi32(lo[r][0], lo[r][1]),
+                                        _mm256_add_epi32(hi[r][0], hi[r][1]),
+                                    )
+                                } else {
+                                    let one = _mm256_set1_epi16(1);
+                                    (_mm256_madd_epi16(lo[r][0], one), _mm256_madd_epi16(hi[r][0], one))
+                                };
+                                tot[r] = _mm256_add_epi32(
+                                    tot[r],
+                                    _mm256_add_epi32(_mm256_mullo_epi32(sl, l), _mm256_mullo_epi32(sh, h)),
+                                );
+                            }
+                        }
+                        for r in 0..R {
+                            let sums = a[r].c.as_ptr().add(8 * b);
+                            let mut mins = _mm256_setzero_si256();
+                            for j in 0..8 {
+                                let m = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                    blk.add(96 + 8 * j) as *const __m128i,
+                                ));
+                                mins = _mm256_add_epi32(mins, _mm256_mullo_epi32(m, _mm256_set1_epi32(*sums.add(j))));
+                            }
+                            let dy = _mm256_set1_ps(*a[r].d.get_unchecked(b));
+                            let d = _mm256_mul_ps(dx, dy);
+                            let dmin = _mm256_xor_ps(_mm256_mul_ps(dmx, dy), sign);
+                            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(tot[r]), acc[r]);
+                            acc_m[r] = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(mins), acc_m[r]);
+                        }
+                    }
+                }
+                let mut out = [[0.0f32; GROUP]; R];
+                for r in 0..R {
+                    // SAFETY: 8 floats.
+                    unsafe { _mm256_storeu_ps(out[r].as_mut_ptr(), _mm256_add_ps(acc[r], acc_m[r])) };
+                }
+                out
+            }
+
             /// Q4_1 weights against `R` Q8_1 activation rows, in `ggml_vec_dot_q4_1_q8_1`'s
             /// order: lane accumulator `l` of row `r` is lane `r` of `acc[l]`.
             ///

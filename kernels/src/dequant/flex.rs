@@ -24,7 +24,12 @@ impl DequantOps for Flex {
         let words = words.to_contiguous();
         let n_bytes = n_elements / ty.block_size() * ty.block_bytes();
         let mut out = vec![0.0f32; n_elements];
-        let bytes = &words.bytes()[..n_bytes];
+        let bytes = match layout {
+            Layout::Gguf => &words.bytes()[..n_bytes],
+            Layout::CpuX8 { k } => {
+                &words.bytes()[..crate::cpu::x8::packed_bytes(ty, n_elements / k, k)]
+            }
+        };
         let gguf;
         let bytes = match layout {
             Layout::Gguf => bytes,

@@ -431,6 +431,11 @@ fn ggml_dot_iter<'a>(
     segments: impl Iterator<Item = (&'a [f32], &'a [f32])>,
     order: SumOrder,
 ) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::has_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { dot_x86::ggml_dot(segments, order) };
+    }
     match order {
         SumOrder::TinyBlas => {
             let mut acc = [0.0f32; 16];
@@ -445,11 +450,119 @@ fn ggml_dot_iter<'a>(
             for (a, b) in segments {
                 accumulate(&mut acc, a, b);
             }
-            let mut x = [0.0f32; 16];
-            for l in 0..16 {
-                x[l] = (acc[l] + acc[32 + l]) + (acc[16 + l] + acc[48 + l]);
+            reduce64(&acc)
+        }
+    }
+}
+
+/// `GGML_F32x16_REDUCE` of four 16-lane accumulators (0+2, 1+3, then 0+1), then [`reduce16`].
+#[inline(always)]
+fn reduce64(acc: &[f32; 64]) -> f32 {
+    let mut x = [0.0f32; 16];
+    for l in 0..16 {
+        x[l] = (acc[l] + acc[32 + l]) + (acc[16 + l] + acc[48 + l]);
+    }
+    reduce16(&x)
+}
+
+/// [`ggml_dot_iter`] in AVX2 registers: the same lanes, the same order of additions (a product
+/// of two f16 values is exact, so an FMA rounds as a product then a sum).
+#[cfg(target_arch = "x86_64")]
+mod dot_x86 {
+    use core::arch::x86_64::*;
+
+    use super::SumOrder;
+
+    /// `acc[v]` (lanes `8v..8v + 8` of `V·8`) `+= a·b` over whole chunks of `8·V` values;
+    /// returns how many values it took.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn chunks<const V: usize>(acc: &mut [__m256; V], a: &[f32], b: &[f32]) -> usize {
+        let len = a.len().min(b.len());
+        let full = len / (8 * V) * (8 * V);
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut i = 0;
+        while i < full {
+            for (v, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: i + 8v + 8 <= full <= both lengths.
+                unsafe {
+                    let x = _mm256_loadu_ps(pa.add(i + 8 * v));
+                    let y = _mm256_loadu_ps(pb.add(i + 8 * v));
+                    *acc = _mm256_fmadd_ps(x, y, *acc);
+                }
             }
-            reduce16(&x)
+            i += 8 * V;
+        }
+        full
+    }
+
+    /// Adds the values after the whole chunks lane by lane (`acc` as `[f32; 8·V]`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn tail<const V: usize>(acc: &mut [__m256; V], a: &[f32], b: &[f32], from: usize) {
+        let len = a.len().min(b.len());
+        if from == len {
+            return;
+        }
+        let mut lanes = [[0.0f32; 8]; V];
+        for (l, v) in lanes.iter_mut().zip(acc.iter()) {
+            // SAFETY: 8 floats.
+            unsafe { _mm256_storeu_ps(l.as_mut_ptr(), *v) };
+        }
+        for i in from..len {
+            let lane = i % (8 * V);
+            lanes[lane / 8][lane % 8] += a[i] * b[i];
+        }
+        for (l, v) in lanes.iter().zip(acc.iter_mut()) {
+            // SAFETY: 8 floats.
+            *v = unsafe { _mm256_loadu_ps(l.as_ptr()) };
+        }
+    }
+
+    /// `_mm512_reduce_add_ps` of the 16 lanes `lo ++ hi`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn reduce16(lo: __m256, hi: __m256) -> f32 {
+        let t8 = _mm256_add_ps(hi, lo);
+        let t4 = _mm_add_ps(_mm256_extractf128_ps(t8, 1), _mm256_castps256_ps128(t8));
+        let r = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
+        _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)))
+    }
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn ggml_dot<'a>(
+        segments: impl Iterator<Item = (&'a [f32], &'a [f32])>,
+        order: SumOrder,
+    ) -> f32 {
+        match order {
+            SumOrder::TinyBlas => {
+                let mut acc = [_mm256_setzero_ps(); 2];
+                for (a, b) in segments {
+                    let done = chunks(&mut acc, a, b);
+                    tail(&mut acc, a, b, done);
+                }
+                reduce16(acc[0], acc[1])
+            }
+            SumOrder::VecDot => {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for (a, b) in segments {
+                    let done = chunks(&mut acc, a, b);
+                    tail(&mut acc, a, b, done);
+                }
+                // Lanes l and 32 + l, 16 + l and 48 + l, for l in 0..16 (two vectors each).
+                let lo = _mm256_add_ps(
+                    _mm256_add_ps(acc[0], acc[4]),
+                    _mm256_add_ps(acc[2], acc[6]),
+                );
+                let hi = _mm256_add_ps(
+                    _mm256_add_ps(acc[1], acc[5]),
+                    _mm256_add_ps(acc[3], acc[7]),
+                );
+                reduce16(lo, hi)
+            }
         }
     }
 }

@@ -23,7 +23,10 @@ impl QMatmulOps for Flex {
         let m = x.len() / k;
         let row = ty.block_bytes() * (k / ty.block_size());
         let words = words.to_contiguous();
-        let w = &words.bytes()[..n * row];
+        let w = match layout {
+            Layout::Gguf => &words.bytes()[..n * row],
+            Layout::CpuX8 { .. } => &words.bytes()[..cpu::x8::packed_bytes(ty, n, k)],
+        };
         let y = match layout {
             Layout::Gguf => cpu::qmatmul(cpu::active_isa(), ty, w, n, k, x, m),
             Layout::CpuX8 { .. } => cpu::x8::qmatmul(cpu::active_isa(), ty, w, n, k, x, m),
