@@ -18,6 +18,9 @@
 //!   bytes (`sc[sub-block][row]`, then `m[sub-block][row]`), then for each pair `p` of 32-value
 //!   sub-blocks 8 × 32 bytes: byte `4r + t` of vector `v` is byte `32p + 4v + t` of row `r`'s
 //!   `qs` (low nibble: sub-block `2p`, high nibble: `2p + 1`, value `4v + t`).
+//! - Q6_K (256-value blocks): `d[8]` f16, `scales[16][8]` i8, then `ql` as 2 × 16 vectors
+//!   (byte `4r + t` of vector `(h, c)` is byte `64h + 4c + t` of row `r`'s `ql`), then `qh` as
+//!   2 × 8 vectors (byte `32h + 4c + t` of row `r`'s `qh`).
 //!
 //! The sizes are those of the GGUF blocks, so a repacked model takes no more memory — except
 //! Q4_K, whose decoded scales add 32 bytes per 8 × 144 (2.8%).
@@ -29,6 +32,8 @@
 //!   `acc = fma(d_w·d_a, isum, acc)` block by block;
 //! - Q4_K: per block the exact integer sums `Σ sc·(q·y)` and `Σ m·Σy` of the row, then
 //!   `acc = fma(d·d_a, sums, acc)`, `acc_m = fma(-dmin·d_a, mins, acc_m)`, `acc + acc_m`;
+//! - Q6_K: per block the exact integer `Σ sc·(Σ q·y - 32·Σ y)` over its 16-value groups, then
+//!   `acc = fma(d·d_a, sum, acc)`;
 //! - Q4_1: ggml's `ggml_vec_dot_q4_1_q8_1` order kept exactly (the fixture's logits are
 //!   bit-identical to llama.cpp's): eight lane accumulators of four-value partial sums, its
 //!   `hsum_float_8` order, plus the minima's sum accumulated block by block.
@@ -48,7 +53,7 @@ pub const GROUP: usize = 8;
 pub fn supported(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4_K
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K
     )
 }
 
@@ -62,6 +67,7 @@ fn packed_block(ty: GgmlType) -> usize {
     if ty == GgmlType::Q4_K {
         GROUP * ty.block_bytes() + 32
     } else {
+        // Q6_K included: the same bytes, rearranged.
         GROUP * ty.block_bytes()
     }
 }
@@ -89,6 +95,37 @@ fn repack_q4_k(dst: &mut [u8], q: usize, s: &[u8]) {
             dst[K_QS + 256 * p + 32 * v + 4 * q..][..4]
                 .copy_from_slice(&s[16 + 32 * p + 4 * v..][..4]);
         }
+    }
+}
+
+/// Where Q6_K's packed block holds the scales, `ql` and `qh`.
+const K6_SC: usize = 16;
+const K6_QL: usize = 144;
+const K6_QH: usize = 1168;
+
+fn repack_q6_k(dst: &mut [u8], q: usize, s: &[u8]) {
+    dst[2 * q..2 * q + 2].copy_from_slice(&s[208..210]);
+    for g in 0..16 {
+        dst[K6_SC + 8 * g + q] = s[192 + g];
+    }
+    for c in 0..32 {
+        dst[K6_QL + 32 * c + 4 * q..][..4].copy_from_slice(&s[4 * c..][..4]);
+    }
+    for c in 0..16 {
+        dst[K6_QH + 32 * c + 4 * q..][..4].copy_from_slice(&s[128 + 4 * c..][..4]);
+    }
+}
+
+fn unpack_q6_k(src: &[u8], q: usize, d: &mut [u8]) {
+    d[208..210].copy_from_slice(&src[2 * q..2 * q + 2]);
+    for g in 0..16 {
+        d[192 + g] = src[K6_SC + 8 * g + q];
+    }
+    for c in 0..32 {
+        d[4 * c..][..4].copy_from_slice(&src[K6_QL + 32 * c + 4 * q..][..4]);
+    }
+    for c in 0..16 {
+        d[128 + 4 * c..][..4].copy_from_slice(&src[K6_QH + 32 * c + 4 * q..][..4]);
     }
 }
 
@@ -147,6 +184,10 @@ pub fn repack(ty: GgmlType, src: &[u8], n: usize, k: usize) -> Vec<u8> {
                     repack_q4_k(dst, q, s);
                     continue;
                 }
+                if ty == GgmlType::Q6_K {
+                    repack_q6_k(dst, q, s);
+                    continue;
+                }
                 dst[2 * q..2 * q + 2].copy_from_slice(&s[..2]);
                 if ty == GgmlType::Q4_1 {
                     dst[16 + 2 * q..18 + 2 * q].copy_from_slice(&s[2..4]);
@@ -177,6 +218,10 @@ pub fn unpack_rows(ty: GgmlType, packed: &[u8], k: usize, rows: Range<usize>, ou
                 unpack_q4_k(src, q, dst);
                 continue;
             }
+            if ty == GgmlType::Q6_K {
+                unpack_q6_k(src, q, dst);
+                continue;
+            }
             dst[..2].copy_from_slice(&src[2 * q..2 * q + 2]);
             if ty == GgmlType::Q4_1 {
                 dst[2..4].copy_from_slice(&src[16 + 2 * q..18 + 2 * q]);
@@ -196,7 +241,8 @@ pub struct ActRow<'a> {
     /// Each block's scale as f32.
     pub d: &'a [f32],
     /// Q4_0: 8·Σq of each block, Q8_0: 128·Σq (the offsets the unsigned products carry);
-    /// Q4_K: the eight 32-value sub-block sums of each block.
+    /// Q4_K: the eight 32-value sub-block sums of each block; Q6_K: 32 × its sixteen 16-value
+    /// sums.
     pub c: &'a [i32],
     /// Q4_1: each block's `s` (d·Σq, as stored in f16) as f32.
     pub s: &'a [f32],
@@ -231,6 +277,10 @@ fn kernels(isa: Isa, ty: GgmlType) -> Kernels {
                 GgmlType::Q4_K => Kernels {
                     one: m::q4_k::<1>,
                     rows: Some(m::q4_k::<ROWS>),
+                },
+                GgmlType::Q6_K => Kernels {
+                    one: m::q6_k::<1>,
+                    rows: Some(m::q6_k::<ROWS>),
                 },
                 _ => Kernels {
                     one: m::q4_1::<1>,
@@ -277,15 +327,22 @@ pub fn qmatmul(
     let per_c = match ty {
         GgmlType::Q4_1 => 0,
         GgmlType::Q4_K => 8,
+        GgmlType::Q6_K => 16,
         _ => 1,
     };
     let mut c = vec![0i32; m * nb * per_c];
     let mut s = vec![0.0f32; if ty == GgmlType::Q4_1 { m * nb } else { 0 }];
-    if ty == GgmlType::Q4_K {
+    if matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) {
         // Q8_K: f32 d, 256 quants, 16 sums of 16.
         for (i, blk) in a.chunks_exact(292).enumerate() {
             d[i] = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
             let sum = |h: usize| i32::from(i16::from_le_bytes([blk[260 + 2 * h], blk[261 + 2 * h]]));
+            if ty == GgmlType::Q6_K {
+                for g in 0..16 {
+                    c[16 * i + g] = 32 * sum(g);
+                }
+                continue;
+            }
             for j in 0..8 {
                 c[8 * i + j] = sum(2 * j) + sum(2 * j + 1);
             }
@@ -474,6 +531,37 @@ mod scalar {
         acc
     }
 
+    pub fn q6_k<const R: usize>(nb: usize, w: &[u8], a: &[ActRow; R]) -> [[f32; GROUP]; R] {
+        use super::{K6_QH, K6_QL, K6_SC};
+        let mut acc = [[0.0f32; GROUP]; R];
+        for b in 0..nb {
+            let blk = &w[1680 * b..1680 * (b + 1)];
+            for (r, a) in a.iter().enumerate() {
+                let y = &a.q[292 * b + 4..292 * b + 260];
+                for q in 0..GROUP {
+                    let mut sum = 0i32;
+                    for g in 0..16 {
+                        let dot: i32 = (16 * g..16 * g + 16)
+                            .map(|v| {
+                                // Value v = 128h + 32s + l of ggml's Q6_K order.
+                                let (h, s, l) = (v / 128, (v % 128) / 32, v % 32);
+                                let ql = blk[K6_QL + 512 * h + 32 * ((l / 4) + 8 * (s % 2)) + 4 * q + l % 4];
+                                let qh = blk[K6_QH + 256 * h + 32 * (l / 4) + 4 * q + l % 4];
+                                let lo = if s < 2 { ql & 0x0F } else { ql >> 4 };
+                                let val = lo | (((qh >> (2 * s)) & 3) << 4);
+                                i32::from(val) * i32::from(y[v] as i8)
+                            })
+                            .sum();
+                        sum += i32::from(blk[K6_SC + 8 * g + q] as i8) * (dot - a.c[16 * b + g]);
+                    }
+                    let d = f16_at(blk, q) * a.d[b];
+                    acc[r][q] = d.mul_add(sum as f32, acc[r][q]);
+                }
+            }
+        }
+        acc
+    }
+
     pub fn q4_1<const R: usize>(nb: usize, w: &[u8], a: &[ActRow; R]) -> [[f32; GROUP]; R] {
         let mut out = [[0.0f32; GROUP]; R];
         for (r, a) in a.iter().enumerate() {
@@ -519,8 +607,8 @@ mod safe_x86 {
             }
         };
     }
-    wrap!(avx2: q4_0, q4_1, q8_0, q4_k);
-    wrap!(avx512vnni: q4_0, q4_1, q8_0, q4_k);
+    wrap!(avx2: q4_0, q4_1, q8_0, q4_k, q6_k);
+    wrap!(avx512vnni: q4_0, q4_1, q8_0, q4_k, q6_k);
 }
 
 #[cfg(test)]
@@ -541,7 +629,7 @@ mod tests {
 
     #[test]
     fn repack_round_trips() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
             let (n, k) = (16, 3 * ty.block_size());
             let w = kiln_quant::blocks::quantize_to_vec(ty, &data(n * k, 3)).unwrap();
             let p = repack(ty, &w, n, k);
@@ -561,7 +649,7 @@ mod tests {
     /// Q8_0 within float rounding.
     #[test]
     fn x8_kernels_agree_with_the_gguf_kernels() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
             for &(m, n, kb) in &[(1, 8, 1), (1, 24, 3), (3, 16, 2), (5, 8, 5), (21, 40, 3)] {
                 let k = ty.block_size() * kb;
                 let wf = data(n * k, 7 + n as u64);

@@ -268,6 +268,74 @@ macro_rules! x8_kernels {
                 out
             }
 
+            /// Q6_K weights (`nb` packed 256-value blocks of one group) against `R` Q8_K
+            /// activation rows.
+            ///
+            /// # Safety
+            /// As [`q4_0`], with `nb` packed Q6_K blocks, Q8_K rows and their 16-value sums.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q6_k<const R: usize>(
+                nb: usize,
+                w: &[u8],
+                a: &[ActRow; R],
+            ) -> [[f32; GROUP]; R] {
+                debug_assert!(w.len() >= 1680 * nb);
+                debug_assert!(a.iter().all(|a| a.q.len() >= 292 * nb && a.c.len() >= 16 * nb));
+                let m4 = _mm256_set1_epi8(0x0F);
+                let m30 = _mm256_set1_epi8(0x30);
+                let mut acc = [_mm256_setzero_ps(); R];
+                for b in 0..nb {
+                    // SAFETY: block b of the group and of every activation row is in bounds.
+                    unsafe {
+                        let blk = w.as_ptr().add(1680 * b);
+                        let dx = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+                        let mut tot = [_mm256_setzero_si256(); R];
+                        for h in 0..2 {
+                            for half in 0..2 {
+                                // Sums of the 16-value groups 8h + 2s + half, s = 0..4.
+                                let mut part = [[_mm256_setzero_si256(); 4]; R];
+                                for c in 4 * half..4 * half + 4 {
+                                    let l0 = _mm256_loadu_si256(blk.add(144 + 512 * h + 32 * c) as *const __m256i);
+                                    let l1 = _mm256_loadu_si256(blk.add(144 + 512 * h + 32 * (c + 8)) as *const __m256i);
+                                    let hb = _mm256_loadu_si256(blk.add(1168 + 256 * h + 32 * c) as *const __m256i);
+                                    let q = [
+                                        _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30)),
+                                        _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30)),
+                                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30)),
+                                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30)),
+                                    ];
+                                    for r in 0..R {
+                                        let y = a[r].q.as_ptr().add(292 * b + 4 + 128 * h + 4 * c);
+                                        for (sx, qs) in q.iter().enumerate() {
+                                            part[r][sx] = dp(part[r][sx], *qs, bcast(y.add(32 * sx)));
+                                        }
+                                    }
+                                }
+                                for sx in 0..4 {
+                                    let g = 8 * h + 2 * sx + half;
+                                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(blk.add(16 + 8 * g) as *const __m128i));
+                                    for r in 0..R {
+                                        let off = _mm256_set1_epi32(*a[r].c.get_unchecked(16 * b + g));
+                                        let v = _mm256_sub_epi32(part[r][sx], off);
+                                        tot[r] = _mm256_add_epi32(tot[r], _mm256_mullo_epi32(sc, v));
+                                    }
+                                }
+                            }
+                        }
+                        for r in 0..R {
+                            let d = _mm256_mul_ps(dx, _mm256_set1_ps(*a[r].d.get_unchecked(b)));
+                            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(tot[r]), acc[r]);
+                        }
+                    }
+                }
+                let mut out = [[0.0f32; GROUP]; R];
+                for r in 0..R {
+                    // SAFETY: 8 floats.
+                    unsafe { _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]) };
+                }
+                out
+            }
+
             /// Q4_1 weights against `R` Q8_1 activation rows, in `ggml_vec_dot_q4_1_q8_1`'s
             /// order: lane accumulator `l` of row `r` is lane `r` of `acc[l]`.
             ///
