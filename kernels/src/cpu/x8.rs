@@ -18,9 +18,9 @@
 //!   bytes (`sc[sub-block][row]`, then `m[sub-block][row]`), then for each pair `p` of 32-value
 //!   sub-blocks 8 × 32 bytes: byte `4r + t` of vector `v` is byte `32p + 4v + t` of row `r`'s
 //!   `qs` (low nibble: sub-block `2p`, high nibble: `2p + 1`, value `4v + t`).
-//! - Q6_K (256-value blocks): `d[8]` f16, `scales[16][8]` i8, then `ql` as 2 × 16 vectors
-//!   (byte `4r + t` of vector `(h, c)` is byte `64h + 4c + t` of row `r`'s `ql`), then `qh` as
-//!   2 × 8 vectors (byte `32h + 4c + t` of row `r`'s `qh`).
+//! - Q6_K (256-value blocks): `d[8]` f16, `scales[16][8]` i8, then for each half `h` and
+//!   `c = 0..8` three vectors in the order the kernel reads them: `ql` bytes `64h + 4c + t`,
+//!   `ql` bytes `64h + 32 + 4c + t` and `qh` bytes `32h + 4c + t` of row `r` at `4r + t`.
 //!
 //! The sizes are those of the GGUF blocks, so a repacked model takes no more memory — except
 //! Q4_K, whose decoded scales add 32 bytes per 8 × 144 (2.8%).
@@ -98,10 +98,15 @@ fn repack_q4_k(dst: &mut [u8], q: usize, s: &[u8]) {
     }
 }
 
-/// Where Q6_K's packed block holds the scales, `ql` and `qh`.
+/// Where Q6_K's packed block holds the scales, and the vectors of `ql` (`c` in 0..16) and `qh`
+/// (`c` in 0..8) of half `h`.
 const K6_SC: usize = 16;
-const K6_QL: usize = 144;
-const K6_QH: usize = 1168;
+const fn k6_ql(h: usize, c: usize) -> usize {
+    144 + 96 * (8 * h + c % 8) + 32 * (c / 8)
+}
+const fn k6_qh(h: usize, c: usize) -> usize {
+    144 + 96 * (8 * h + c) + 64
+}
 
 fn repack_q6_k(dst: &mut [u8], q: usize, s: &[u8]) {
     dst[2 * q..2 * q + 2].copy_from_slice(&s[208..210]);
@@ -109,10 +114,10 @@ fn repack_q6_k(dst: &mut [u8], q: usize, s: &[u8]) {
         dst[K6_SC + 8 * g + q] = s[192 + g];
     }
     for c in 0..32 {
-        dst[K6_QL + 32 * c + 4 * q..][..4].copy_from_slice(&s[4 * c..][..4]);
+        dst[k6_ql(c / 16, c % 16) + 4 * q..][..4].copy_from_slice(&s[4 * c..][..4]);
     }
     for c in 0..16 {
-        dst[K6_QH + 32 * c + 4 * q..][..4].copy_from_slice(&s[128 + 4 * c..][..4]);
+        dst[k6_qh(c / 8, c % 8) + 4 * q..][..4].copy_from_slice(&s[128 + 4 * c..][..4]);
     }
 }
 
@@ -122,10 +127,10 @@ fn unpack_q6_k(src: &[u8], q: usize, d: &mut [u8]) {
         d[192 + g] = src[K6_SC + 8 * g + q];
     }
     for c in 0..32 {
-        d[4 * c..][..4].copy_from_slice(&src[K6_QL + 32 * c + 4 * q..][..4]);
+        d[4 * c..][..4].copy_from_slice(&src[k6_ql(c / 16, c % 16) + 4 * q..][..4]);
     }
     for c in 0..16 {
-        d[128 + 4 * c..][..4].copy_from_slice(&src[K6_QH + 32 * c + 4 * q..][..4]);
+        d[128 + 4 * c..][..4].copy_from_slice(&src[k6_qh(c / 8, c % 8) + 4 * q..][..4]);
     }
 }
 
@@ -532,7 +537,7 @@ mod scalar {
     }
 
     pub fn q6_k<const R: usize>(nb: usize, w: &[u8], a: &[ActRow; R]) -> [[f32; GROUP]; R] {
-        use super::{K6_QH, K6_QL, K6_SC};
+        use super::{K6_SC, k6_qh, k6_ql};
         let mut acc = [[0.0f32; GROUP]; R];
         for b in 0..nb {
             let blk = &w[1680 * b..1680 * (b + 1)];
@@ -545,8 +550,8 @@ mod scalar {
                             .map(|v| {
                                 // Value v = 128h + 32s + l of ggml's Q6_K order.
                                 let (h, s, l) = (v / 128, (v % 128) / 32, v % 32);
-                                let ql = blk[K6_QL + 512 * h + 32 * ((l / 4) + 8 * (s % 2)) + 4 * q + l % 4];
-                                let qh = blk[K6_QH + 256 * h + 32 * (l / 4) + 4 * q + l % 4];
+                                let ql = blk[k6_ql(h, l / 4 + 8 * (s % 2)) + 4 * q + l % 4];
+                                let qh = blk[k6_qh(h, l / 4) + 4 * q + l % 4];
                                 let lo = if s < 2 { ql & 0x0F } else { ql >> 4 };
                                 let val = lo | (((qh >> (2 * s)) & 3) << 4);
                                 i32::from(val) * i32::from(y[v] as i8)

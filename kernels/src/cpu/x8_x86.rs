@@ -295,9 +295,11 @@ macro_rules! x8_kernels {
                                 // Sums of the 16-value groups 8h + 2s + half, s = 0..4.
                                 let mut part = [[_mm256_setzero_si256(); 4]; R];
                                 for c in 4 * half..4 * half + 4 {
-                                    let l0 = _mm256_loadu_si256(blk.add(144 + 512 * h + 32 * c) as *const __m256i);
-                                    let l1 = _mm256_loadu_si256(blk.add(144 + 512 * h + 32 * (c + 8)) as *const __m256i);
-                                    let hb = _mm256_loadu_si256(blk.add(1168 + 256 * h + 32 * c) as *const __m256i);
+                                    // ql of values 4c.., ql of 32 + 4c.., their qh (x8.rs).
+                                    let v = blk.add(144 + 96 * (8 * h + c));
+                                    let l0 = _mm256_loadu_si256(v as *const __m256i);
+                                    let l1 = _mm256_loadu_si256(v.add(32) as *const __m256i);
+                                    let hb = _mm256_loadu_si256(v.add(64) as *const __m256i);
                                     let q = [
                                         _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30)),
                                         _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30)),
