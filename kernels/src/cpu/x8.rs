@@ -13,6 +13,9 @@
 //! - Q4_0: `d[8]` f16, then 4 × 32 bytes; byte `4r + t` of vector `v` is byte `4v + t` of row
 //!   `r`'s `qs` (low nibble: value `4v + t`, high nibble: value `16 + 4v + t`);
 //! - Q4_1: `d[8]`, `m[8]` f16, then the same 128 bytes;
+//! - Q5_0: `d[8]` f16, then the fifth bits as one vector (bit `v` of byte `4r + t`: value
+//!   `4(v % 4) + t + 16(v / 4)` of row `r`, so vector `v` of the nibbles takes its bits with a
+//!   mask and a shift), then Q4_0's 128 bytes of nibbles;
 //! - Q8_0: `d[8]` f16, then 8 × 32 bytes; byte `4r + t` of vector `l` is value `4l + t` of row `r`;
 //! - Q4_K (256-value blocks): `d[8]`, `dmin[8]` f16, the 6-bit scales and minima decoded to
 //!   bytes (`sc[sub-block][row]`, then `m[sub-block][row]`), then for each pair `p` of 32-value
@@ -28,7 +31,7 @@
 //! Summation orders (every kernel — scalar, AVX2, AVX-512 VNNI, one row or a batch — computes
 //! each output with the same operations in the same order, so results are bit-identical across
 //! them):
-//! - Q4_0, Q8_0: per block the exact integer dot product of the row, then
+//! - Q4_0, Q5_0, Q8_0: per block the exact integer dot product of the row, then
 //!   `acc = fma(d_w·d_a, isum, acc)` block by block;
 //! - Q4_K: per block the exact integer sums `Σ sc·(q·y)` and `Σ m·Σy` of the row, then
 //!   `acc = fma(d·d_a, sums, acc)`, `acc_m = fma(-dmin·d_a, mins, acc_m)`, `acc + acc_m`;
@@ -53,7 +56,12 @@ pub const GROUP: usize = 8;
 pub fn supported(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q8_0
+            | GgmlType::Q4_K
+            | GgmlType::Q6_K
     )
 }
 
@@ -95,6 +103,38 @@ fn repack_q4_k(dst: &mut [u8], q: usize, s: &[u8]) {
             dst[K_QS + 256 * p + 32 * v + 4 * q..][..4]
                 .copy_from_slice(&s[16 + 32 * p + 4 * v..][..4]);
         }
+    }
+}
+
+fn repack_q5_0(dst: &mut [u8], q: usize, s: &[u8]) {
+    dst[2 * q..2 * q + 2].copy_from_slice(&s[..2]);
+    let qh = u32::from_le_bytes([s[2], s[3], s[4], s[5]]);
+    for t in 0..4 {
+        let mut byte = 0u8;
+        for v in 0..8 {
+            let j = 4 * (v % 4) + t + 16 * (v / 4);
+            byte |= (((qh >> j) & 1) as u8) << v;
+        }
+        dst[16 + 4 * q + t] = byte;
+    }
+    for c in 0..4 {
+        dst[48 + 32 * c + 4 * q..][..4].copy_from_slice(&s[6 + 4 * c..][..4]);
+    }
+}
+
+fn unpack_q5_0(src: &[u8], q: usize, d: &mut [u8]) {
+    d[..2].copy_from_slice(&src[2 * q..2 * q + 2]);
+    let mut qh = 0u32;
+    for t in 0..4 {
+        let byte = src[16 + 4 * q + t];
+        for v in 0..8 {
+            let j = 4 * (v % 4) + t + 16 * (v / 4);
+            qh |= u32::from((byte >> v) & 1) << j;
+        }
+    }
+    d[2..6].copy_from_slice(&qh.to_le_bytes());
+    for c in 0..4 {
+        d[6 + 4 * c..][..4].copy_from_slice(&src[48 + 32 * c + 4 * q..][..4]);
     }
 }
 
@@ -193,6 +233,10 @@ pub fn repack(ty: GgmlType, src: &[u8], n: usize, k: usize) -> Vec<u8> {
                     repack_q6_k(dst, q, s);
                     continue;
                 }
+                if ty == GgmlType::Q5_0 {
+                    repack_q5_0(dst, q, s);
+                    continue;
+                }
                 dst[2 * q..2 * q + 2].copy_from_slice(&s[..2]);
                 if ty == GgmlType::Q4_1 {
                     dst[16 + 2 * q..18 + 2 * q].copy_from_slice(&s[2..4]);
@@ -227,6 +271,10 @@ pub fn unpack_rows(ty: GgmlType, packed: &[u8], k: usize, rows: Range<usize>, ou
                 unpack_q6_k(src, q, dst);
                 continue;
             }
+            if ty == GgmlType::Q5_0 {
+                unpack_q5_0(src, q, dst);
+                continue;
+            }
             dst[..2].copy_from_slice(&src[2 * q..2 * q + 2]);
             if ty == GgmlType::Q4_1 {
                 dst[2..4].copy_from_slice(&src[16 + 2 * q..18 + 2 * q]);
@@ -245,7 +293,7 @@ pub struct ActRow<'a> {
     pub q: &'a [u8],
     /// Each block's scale as f32.
     pub d: &'a [f32],
-    /// Q4_0: 8·Σq of each block, Q8_0: 128·Σq (the offsets the unsigned products carry);
+    /// Q4_0: 8·Σq of each block, Q5_0: 16·Σq, Q8_0: 128·Σq (the offsets the unsigned products carry);
     /// Q4_K: the eight 32-value sub-block sums of each block; Q6_K: 32 × its sixteen 16-value
     /// sums.
     pub c: &'a [i32],
@@ -274,6 +322,10 @@ fn kernels(isa: Isa, ty: GgmlType) -> Kernels {
                 GgmlType::Q4_0 => Kernels {
                     one: m::q4_0::<1>,
                     rows: Some(m::q4_0::<ROWS>),
+                },
+                GgmlType::Q5_0 => Kernels {
+                    one: m::q5_0::<1>,
+                    rows: Some(m::q5_0::<ROWS>),
                 },
                 GgmlType::Q8_0 => Kernels {
                     one: m::q8_0::<1>,
@@ -355,7 +407,11 @@ pub fn qmatmul(
     } else {
         // Bytes before a block's 32 quants: 2 (Q8_0: d) or 4 (Q8_1: d, s).
         let qat = act.block().1 - 32;
-        let offset = if ty == GgmlType::Q4_0 { 8 } else { 128 };
+        let offset = match ty {
+            GgmlType::Q4_0 => 8,
+            GgmlType::Q5_0 => 16,
+            _ => 128,
+        };
         for (i, blk) in a.chunks_exact(qat + 32).enumerate() {
             d[i] = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
             if ty == GgmlType::Q4_1 {
@@ -469,6 +525,28 @@ mod scalar {
                 for (q, o) in out[r].iter_mut().enumerate() {
                     let dot: i32 = (0..32)
                         .map(|j| nibble(&blk[16..], q, j) * i32::from(y[j] as i8))
+                        .sum();
+                    let d = f16_at(blk, q) * a.d[b];
+                    *o = d.mul_add((dot - a.c[b]) as f32, *o);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn q5_0<const R: usize>(nb: usize, w: &[u8], a: &[ActRow; R]) -> [[f32; GROUP]; R] {
+        let mut out = [[0.0f32; GROUP]; R];
+        for b in 0..nb {
+            let blk = &w[176 * b..176 * (b + 1)];
+            for (r, a) in a.iter().enumerate() {
+                let y = &a.q[34 * b + 2..34 * b + 34];
+                for (q, o) in out[r].iter_mut().enumerate() {
+                    let dot: i32 = (0..32)
+                        .map(|j| {
+                            let (v, t) = ((j % 16) / 4 + 4 * (j / 16), j % 4);
+                            let hi = i32::from((blk[16 + 4 * q + t] >> v) & 1) << 4;
+                            (nibble(&blk[48..], q, j) | hi) * i32::from(y[j] as i8)
+                        })
                         .sum();
                     let d = f16_at(blk, q) * a.d[b];
                     *o = d.mul_add((dot - a.c[b]) as f32, *o);
@@ -612,8 +690,8 @@ mod safe_x86 {
             }
         };
     }
-    wrap!(avx2: q4_0, q4_1, q8_0, q4_k, q6_k);
-    wrap!(avx512vnni: q4_0, q4_1, q8_0, q4_k, q6_k);
+    wrap!(avx2: q4_0, q4_1, q5_0, q8_0, q4_k, q6_k);
+    wrap!(avx512vnni: q4_0, q4_1, q5_0, q8_0, q4_k, q6_k);
 }
 
 #[cfg(test)]
@@ -634,7 +712,7 @@ mod tests {
 
     #[test]
     fn repack_round_trips() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
             let (n, k) = (16, 3 * ty.block_size());
             let w = kiln_quant::blocks::quantize_to_vec(ty, &data(n * k, 3)).unwrap();
             let p = repack(ty, &w, n, k);
@@ -654,7 +732,7 @@ mod tests {
     /// Q8_0 within float rounding.
     #[test]
     fn x8_kernels_agree_with_the_gguf_kernels() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
             for &(m, n, kb) in &[(1, 8, 1), (1, 24, 3), (3, 16, 2), (5, 8, 5), (21, 40, 3)] {
                 let k = ty.block_size() * kb;
                 let wf = data(n * k, 7 + n as u64);
