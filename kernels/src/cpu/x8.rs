@@ -393,7 +393,8 @@ pub fn qmatmul(
         // Q8_K: f32 d, 256 quants, 16 sums of 16.
         for (i, blk) in a.chunks_exact(292).enumerate() {
             d[i] = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
-            let sum = |h: usize| i32::from(i16::from_le_bytes([blk[260 + 2 * h], blk[261 + 2 * h]]));
+            let sum =
+                |h: usize| i32::from(i16::from_le_bytes([blk[260 + 2 * h], blk[261 + 2 * h]]));
             if ty == GgmlType::Q6_K {
                 for g in 0..16 {
                     c[16 * i + g] = 32 * sum(g);
@@ -712,7 +713,14 @@ mod tests {
 
     #[test]
     fn repack_round_trips() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+        ] {
             let (n, k) = (16, 3 * ty.block_size());
             let w = kiln_quant::blocks::quantize_to_vec(ty, &data(n * k, 3)).unwrap();
             let p = repack(ty, &w, n, k);
@@ -732,7 +740,14 @@ mod tests {
     /// Q8_0 within float rounding.
     #[test]
     fn x8_kernels_agree_with_the_gguf_kernels() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+        ] {
             for &(m, n, kb) in &[(1, 8, 1), (1, 24, 3), (3, 16, 2), (5, 8, 5), (21, 40, 3)] {
                 let k = ty.block_size() * kb;
                 let wf = data(n * k, 7 + n as u64);

@@ -146,7 +146,8 @@ macro_rules! x8_kernels {
                         for r in 0..R {
                             let y = a[r].q.as_ptr().add(34 * b + 2);
                             let isum = if $vnni {
-                                let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                                let (mut s0, mut s1) =
+                                    (_mm256_setzero_si256(), _mm256_setzero_si256());
                                 for l in 0..4 {
                                     s0 = dp(s0, q[l], bcast(y.add(4 * l)));
                                     s1 = dp(s1, q[l + 4], bcast(y.add(16 + 4 * l)));
@@ -155,16 +156,27 @@ macro_rules! x8_kernels {
                             } else {
                                 // Pair sums of 5-bit values × bytes stay within ±7874: four of
                                 // them add up in 16 bits.
-                                let (mut t0, mut t1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                                let (mut t0, mut t1) =
+                                    (_mm256_setzero_si256(), _mm256_setzero_si256());
                                 for l in 0..4 {
-                                    t0 = _mm256_add_epi16(t0, _mm256_maddubs_epi16(q[l], bcast(y.add(4 * l))));
-                                    t1 = _mm256_add_epi16(t1, _mm256_maddubs_epi16(q[l + 4], bcast(y.add(16 + 4 * l))));
+                                    t0 = _mm256_add_epi16(
+                                        t0,
+                                        _mm256_maddubs_epi16(q[l], bcast(y.add(4 * l))),
+                                    );
+                                    t1 = _mm256_add_epi16(
+                                        t1,
+                                        _mm256_maddubs_epi16(q[l + 4], bcast(y.add(16 + 4 * l))),
+                                    );
                                 }
                                 let one = _mm256_set1_epi16(1);
-                                _mm256_add_epi32(_mm256_madd_epi16(t0, one), _mm256_madd_epi16(t1, one))
+                                _mm256_add_epi32(
+                                    _mm256_madd_epi16(t0, one),
+                                    _mm256_madd_epi16(t1, one),
+                                )
                             };
                             // Σ (q - 16)·y = Σ q·y - 16·Σ y.
-                            let isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(*a[r].c.get_unchecked(b)));
+                            let isum =
+                                _mm256_sub_epi32(isum, _mm256_set1_epi32(*a[r].c.get_unchecked(b)));
                             let d = _mm256_mul_ps(dx, _mm256_set1_ps(*a[r].d.get_unchecked(b)));
                             acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc[r]);
                         }
@@ -252,7 +264,10 @@ macro_rules! x8_kernels {
                 a: &[ActRow; R],
             ) -> [[f32; GROUP]; R] {
                 debug_assert!(w.len() >= 1184 * nb);
-                debug_assert!(a.iter().all(|a| a.q.len() >= 292 * nb && a.c.len() >= 8 * nb));
+                debug_assert!(
+                    a.iter()
+                        .all(|a| a.q.len() >= 292 * nb && a.c.len() >= 8 * nb)
+                );
                 let m4 = _mm256_set1_epi8(0x0F);
                 let sign = _mm256_set1_ps(-0.0);
                 // One row: two chains per sum, so that vpdpbusd's latency overlaps.
@@ -266,7 +281,9 @@ macro_rules! x8_kernels {
                         let dx = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
                         let dmx = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
                         let scale = |j: usize| {
-                            _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.add(32 + 8 * j) as *const __m128i))
+                            _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                blk.add(32 + 8 * j) as *const __m128i
+                            ))
                         };
                         let mut tot = [_mm256_setzero_si256(); R];
                         for pair in 0..4 {
@@ -274,7 +291,7 @@ macro_rules! x8_kernels {
                             let mut hi = [[_mm256_setzero_si256(); 2]; R];
                             for v in 0..8 {
                                 let c = _mm256_loadu_si256(
-                                    blk.add(160 + 256 * pair + 32 * v) as *const __m256i,
+                                    blk.add(160 + 256 * pair + 32 * v) as *const __m256i
                                 );
                                 let ql = _mm256_and_si256(c, m4);
                                 let qh = _mm256_and_si256(_mm256_srli_epi16(c, 4), m4);
@@ -305,11 +322,17 @@ macro_rules! x8_kernels {
                                     )
                                 } else {
                                     let one = _mm256_set1_epi16(1);
-                                    (_mm256_madd_epi16(lo[r][0], one), _mm256_madd_epi16(hi[r][0], one))
+                                    (
+                                        _mm256_madd_epi16(lo[r][0], one),
+                                        _mm256_madd_epi16(hi[r][0], one),
+                                    )
                                 };
                                 tot[r] = _mm256_add_epi32(
                                     tot[r],
-                                    _mm256_add_epi32(_mm256_mullo_epi32(sl, l), _mm256_mullo_epi32(sh, h)),
+                                    _mm256_add_epi32(
+                                        _mm256_mullo_epi32(sl, l),
+                                        _mm256_mullo_epi32(sh, h),
+                                    ),
                                 );
                             }
                         }
@@ -318,9 +341,12 @@ macro_rules! x8_kernels {
                             let mut mins = _mm256_setzero_si256();
                             for j in 0..8 {
                                 let m = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                                    blk.add(96 + 8 * j) as *const __m128i,
+                                    blk.add(96 + 8 * j) as *const __m128i
                                 ));
-                                mins = _mm256_add_epi32(mins, _mm256_mullo_epi32(m, _mm256_set1_epi32(*sums.add(j))));
+                                mins = _mm256_add_epi32(
+                                    mins,
+                                    _mm256_mullo_epi32(m, _mm256_set1_epi32(*sums.add(j))),
+                                );
                             }
                             let dy = _mm256_set1_ps(*a[r].d.get_unchecked(b));
                             let d = _mm256_mul_ps(dx, dy);
@@ -333,7 +359,9 @@ macro_rules! x8_kernels {
                 let mut out = [[0.0f32; GROUP]; R];
                 for r in 0..R {
                     // SAFETY: 8 floats.
-                    unsafe { _mm256_storeu_ps(out[r].as_mut_ptr(), _mm256_add_ps(acc[r], acc_m[r])) };
+                    unsafe {
+                        _mm256_storeu_ps(out[r].as_mut_ptr(), _mm256_add_ps(acc[r], acc_m[r]))
+                    };
                 }
                 out
             }
@@ -350,7 +378,10 @@ macro_rules! x8_kernels {
                 a: &[ActRow; R],
             ) -> [[f32; GROUP]; R] {
                 debug_assert!(w.len() >= 1680 * nb);
-                debug_assert!(a.iter().all(|a| a.q.len() >= 292 * nb && a.c.len() >= 16 * nb));
+                debug_assert!(
+                    a.iter()
+                        .all(|a| a.q.len() >= 292 * nb && a.c.len() >= 16 * nb)
+                );
                 let m4 = _mm256_set1_epi8(0x0F);
                 let m30 = _mm256_set1_epi8(0x30);
                 let mut acc = [_mm256_setzero_ps(); R];
@@ -371,25 +402,42 @@ macro_rules! x8_kernels {
                                     let l1 = _mm256_loadu_si256(v.add(32) as *const __m256i);
                                     let hb = _mm256_loadu_si256(v.add(64) as *const __m256i);
                                     let q = [
-                                        _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30)),
-                                        _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30)),
-                                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30)),
-                                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30)),
+                                        _mm256_or_si256(
+                                            _mm256_and_si256(l0, m4),
+                                            _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30),
+                                        ),
+                                        _mm256_or_si256(
+                                            _mm256_and_si256(l1, m4),
+                                            _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30),
+                                        ),
+                                        _mm256_or_si256(
+                                            _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                            _mm256_and_si256(hb, m30),
+                                        ),
+                                        _mm256_or_si256(
+                                            _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                            _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30),
+                                        ),
                                     ];
                                     for r in 0..R {
                                         let y = a[r].q.as_ptr().add(292 * b + 4 + 128 * h + 4 * c);
                                         for (sx, qs) in q.iter().enumerate() {
-                                            part[r][sx] = dp(part[r][sx], *qs, bcast(y.add(32 * sx)));
+                                            part[r][sx] =
+                                                dp(part[r][sx], *qs, bcast(y.add(32 * sx)));
                                         }
                                     }
                                 }
                                 for sx in 0..4 {
                                     let g = 8 * h + 2 * sx + half;
-                                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(blk.add(16 + 8 * g) as *const __m128i));
+                                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                                        blk.add(16 + 8 * g) as *const __m128i,
+                                    ));
                                     for r in 0..R {
-                                        let off = _mm256_set1_epi32(*a[r].c.get_unchecked(16 * b + g));
+                                        let off =
+                                            _mm256_set1_epi32(*a[r].c.get_unchecked(16 * b + g));
                                         let v = _mm256_sub_epi32(part[r][sx], off);
-                                        tot[r] = _mm256_add_epi32(tot[r], _mm256_mullo_epi32(sc, v));
+                                        tot[r] =
+                                            _mm256_add_epi32(tot[r], _mm256_mullo_epi32(sc, v));
                                     }
                                 }
                             }

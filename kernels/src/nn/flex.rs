@@ -553,14 +553,10 @@ mod dot_x86 {
                     tail(&mut acc, a, b, done);
                 }
                 // Lanes l and 32 + l, 16 + l and 48 + l, for l in 0..16 (two vectors each).
-                let lo = _mm256_add_ps(
-                    _mm256_add_ps(acc[0], acc[4]),
-                    _mm256_add_ps(acc[2], acc[6]),
-                );
-                let hi = _mm256_add_ps(
-                    _mm256_add_ps(acc[1], acc[5]),
-                    _mm256_add_ps(acc[3], acc[7]),
-                );
+                let lo =
+                    _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+                let hi =
+                    _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
                 reduce16(lo, hi)
             }
         }
