@@ -518,35 +518,35 @@ mod scalar {
     }
 
     pub fn q4_0<const R: usize>(nb: usize, w: &[u8], a: &[ActRow; R]) -> [[f32; GROUP]; R] {
-        let mut out = [[0.0f32; GROUP]; R];
-        for b in 0..nb {
-            let blk = &w[144 * b..144 * (b + 1)];
-            for (r, a) in a.iter().enumerate() {
-                let y = &a.q[34 * b + 2..34 * b + 34];
-                for (q, o) in out[r].iter_mut().enumerate() {
-                    let dot: i32 = (0..32)
-                        .map(|j| nibble(&blk[16..], q, j) * i32::from(y[j] as i8))
-                        .sum();
-                    let d = f16_at(blk, q) * a.d[b];
-                    *o = d.mul_add((dot - a.c[b]) as f32, *o);
-                }
-            }
-        }
-        out
+        q4_or_5::<R, false>(nb, w, a)
     }
 
     pub fn q5_0<const R: usize>(nb: usize, w: &[u8], a: &[ActRow; R]) -> [[f32; GROUP]; R] {
+        q4_or_5::<R, true>(nb, w, a)
+    }
+
+    /// Q4_0 or Q5_0 (the fifth bit of value `j` is bit `v` of byte `4q + t` of the bit vector).
+    fn q4_or_5<const R: usize, const FIVE: bool>(
+        nb: usize,
+        w: &[u8],
+        a: &[ActRow; R],
+    ) -> [[f32; GROUP]; R] {
+        let (bb, qat) = if FIVE { (176, 48) } else { (144, 16) };
         let mut out = [[0.0f32; GROUP]; R];
         for b in 0..nb {
-            let blk = &w[176 * b..176 * (b + 1)];
+            let blk = &w[bb * b..bb * (b + 1)];
             for (r, a) in a.iter().enumerate() {
                 let y = &a.q[34 * b + 2..34 * b + 34];
                 for (q, o) in out[r].iter_mut().enumerate() {
                     let dot: i32 = (0..32)
                         .map(|j| {
                             let (v, t) = ((j % 16) / 4 + 4 * (j / 16), j % 4);
-                            let hi = i32::from((blk[16 + 4 * q + t] >> v) & 1) << 4;
-                            (nibble(&blk[48..], q, j) | hi) * i32::from(y[j] as i8)
+                            let hi = if FIVE {
+                                i32::from((blk[16 + 4 * q + t] >> v) & 1) << 4
+                            } else {
+                                0
+                            };
+                            (nibble(&blk[qat..], q, j) | hi) * i32::from(y[j] as i8)
                         })
                         .sum();
                     let d = f16_at(blk, q) * a.d[b];

@@ -61,51 +61,8 @@ macro_rules! x8_kernels {
                 w: &[u8],
                 a: &[ActRow; R],
             ) -> [[f32; GROUP]; R] {
-                debug_assert!(w.len() >= 144 * nb);
-                debug_assert!(a.iter().all(|a| a.q.len() >= 34 * nb && a.c.len() >= nb));
-                let mut acc = [_mm256_setzero_ps(); R];
-                for b in 0..nb {
-                    // SAFETY: block b of the group and of every activation row is in bounds.
-                    unsafe {
-                        let blk = w.as_ptr().add(144 * b);
-                        let dx = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-                        let q = nibbles(blk.add(16));
-                        for r in 0..R {
-                            let y = a[r].q.as_ptr().add(34 * b + 2);
-                            let isum = if $vnni {
-                                let (mut s0, mut s1) =
-                                    (_mm256_setzero_si256(), _mm256_setzero_si256());
-                                for l in 0..4 {
-                                    s0 = dp(s0, q[l], bcast(y.add(4 * l)));
-                                    s1 = dp(s1, q[l + 4], bcast(y.add(16 + 4 * l)));
-                                }
-                                _mm256_add_epi32(s0, s1)
-                            } else {
-                                // Pair sums of nibbles × bytes stay within ±3810: eight of them
-                                // add up in 16 bits.
-                                let mut t = _mm256_setzero_si256();
-                                for l in 0..8 {
-                                    t = _mm256_add_epi16(
-                                        t,
-                                        _mm256_maddubs_epi16(q[l], bcast(y.add(4 * l))),
-                                    );
-                                }
-                                _mm256_madd_epi16(t, _mm256_set1_epi16(1))
-                            };
-                            // Σ (q - 8)·y = Σ q·y - 8·Σ y.
-                            let isum =
-                                _mm256_sub_epi32(isum, _mm256_set1_epi32(*a[r].c.get_unchecked(b)));
-                            let d = _mm256_mul_ps(dx, _mm256_set1_ps(*a[r].d.get_unchecked(b)));
-                            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc[r]);
-                        }
-                    }
-                }
-                let mut out = [[0.0f32; GROUP]; R];
-                for r in 0..R {
-                    // SAFETY: 8 floats.
-                    unsafe { _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]) };
-                }
-                out
+                // SAFETY: the caller's guarantees.
+                unsafe { q4_or_5::<R, false>(nb, w, a) }
             }
 
             /// Q5_0 weights against `R` Q8_0 activation rows.
@@ -118,30 +75,49 @@ macro_rules! x8_kernels {
                 w: &[u8],
                 a: &[ActRow; R],
             ) -> [[f32; GROUP]; R] {
-                debug_assert!(w.len() >= 176 * nb);
+                // SAFETY: the caller's guarantees.
+                unsafe { q4_or_5::<R, true>(nb, w, a) }
+            }
+
+            /// Q4_0 (`FIVE = false`) or Q5_0: unsigned 4- or 5-bit values, the offset (8 or 16
+            /// times each activation block's sum, in `ActRow::c`) taken out of the integer sum.
+            ///
+            /// # Safety
+            /// As [`q4_0`] / [`q5_0`].
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn q4_or_5<const R: usize, const FIVE: bool>(
+                nb: usize,
+                w: &[u8],
+                a: &[ActRow; R],
+            ) -> [[f32; GROUP]; R] {
+                let (bb, qat) = if FIVE { (176, 48) } else { (144, 16) };
+                debug_assert!(w.len() >= bb * nb);
                 debug_assert!(a.iter().all(|a| a.q.len() >= 34 * nb && a.c.len() >= nb));
                 let mut acc = [_mm256_setzero_ps(); R];
                 for b in 0..nb {
                     // SAFETY: block b of the group and of every activation row is in bounds.
                     unsafe {
-                        let blk = w.as_ptr().add(176 * b);
+                        let blk = w.as_ptr().add(bb * b);
                         let dx = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-                        let bits = _mm256_loadu_si256(blk.add(16) as *const __m256i);
-                        let mut q = nibbles(blk.add(48));
-                        for (v, q) in q.iter_mut().enumerate() {
-                            // Bit v of each byte to bit 4.
-                            let b = _mm256_and_si256(bits, _mm256_set1_epi8(1 << v));
-                            let b = match v {
-                                0 => _mm256_slli_epi16(b, 4),
-                                1 => _mm256_slli_epi16(b, 3),
-                                2 => _mm256_slli_epi16(b, 2),
-                                3 => _mm256_slli_epi16(b, 1),
-                                4 => b,
-                                5 => _mm256_srli_epi16(b, 1),
-                                6 => _mm256_srli_epi16(b, 2),
-                                _ => _mm256_srli_epi16(b, 3),
-                            };
-                            *q = _mm256_or_si256(*q, b);
+                        let mut q = nibbles(blk.add(qat));
+                        if FIVE {
+                            let bits = _mm256_loadu_si256(blk.add(16) as *const __m256i);
+                            for (v, q) in q.iter_mut().enumerate() {
+                                // Bit v of each byte to bit 4.
+                                let b = _mm256_and_si256(bits, _mm256_set1_epi8(1 << v));
+                                let b = match v {
+                                    0 => _mm256_slli_epi16(b, 4),
+                                    1 => _mm256_slli_epi16(b, 3),
+                                    2 => _mm256_slli_epi16(b, 2),
+                                    3 => _mm256_slli_epi16(b, 1),
+                                    4 => b,
+                                    5 => _mm256_srli_epi16(b, 1),
+                                    6 => _mm256_srli_epi16(b, 2),
+                                    _ => _mm256_srli_epi16(b, 3),
+                                };
+                                *q = _mm256_or_si256(*q, b);
+                            }
                         }
                         for r in 0..R {
                             let y = a[r].q.as_ptr().add(34 * b + 2);
@@ -174,7 +150,7 @@ macro_rules! x8_kernels {
                                     _mm256_madd_epi16(t1, one),
                                 )
                             };
-                            // Σ (q - 16)·y = Σ q·y - 16·Σ y.
+                            // Σ (q - 8)·y = Σ q·y - 8·Σ y (Q5_0: 16).
                             let isum =
                                 _mm256_sub_epi32(isum, _mm256_set1_epi32(*a[r].c.get_unchecked(b)));
                             let d = _mm256_mul_ps(dx, _mm256_set1_ps(*a[r].d.get_unchecked(b)));
