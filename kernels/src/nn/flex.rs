@@ -341,11 +341,25 @@ impl AttnCtx<'_> {
         let mut max = f32::NEG_INFINITY;
         for (j, &b) in blocks.iter().enumerate() {
             let s0 = b as usize * 64;
-            for s in (s0..(s0 + 64).min(n)).filter(|&s| visible(s)) {
-                let kr = &self.kf[s * row + kvh * d..][..d];
-                let score = ggml_dot(&[(kr, &sc.q[..])], self.order) * mask.scale;
+            let slots = (s0..(s0 + 64).min(n)).filter(|&s| visible(s));
+            let keys = &self.kf[kvh * d..];
+            let mut put = |s: usize, dot: f32| {
+                let score = dot * mask.scale;
                 sc.scores[j * 64 + s - s0] = score;
                 max = max.max(score);
+            };
+            #[cfg(target_arch = "x86_64")]
+            if d == 64 && crate::cpu::has_fma() {
+                // SAFETY: the CPU has AVX2 and FMA; q holds 64 values and every slot's key row
+                // 64 values at `s * row` in `keys`.
+                unsafe { dot_x86::scores64(&sc.q, keys, row, slots, self.order, &mut put) };
+                continue;
+            }
+            for s in slots {
+                put(
+                    s,
+                    ggml_dot(&[(&keys[s * row..][..d], &sc.q[..])], self.order),
+                );
             }
         }
         // ggml_vec_soft_max_f32: exp by 16-lane chunks, each chunk reduced in f32 and summed
@@ -358,18 +372,25 @@ impl AttnCtx<'_> {
         let probs = &sc.scores;
         // Slots after the last visible one hold probability 0 and add nothing.
         let used = probs.iter().rposition(|&p| p != 0.0).map_or(0, |i| i + 1);
-        for (e, o) in o.iter_mut().enumerate() {
-            let vr = &self.vt[(kvh * d + e) * n..][..n];
-            // The probabilities of each used 64-slot block against its slots' values.
-            sc.pairs.clear();
-            for (j, &b) in blocks.iter().enumerate() {
-                let (s0, c0) = (b as usize * 64, j * 64);
-                if c0 >= used {
-                    break;
-                }
-                let len = (used - c0).min(64).min(n - s0);
-                sc.pairs.push((c0, s0, len));
+        // The probabilities of each used 64-slot block against its slots' values.
+        sc.pairs.clear();
+        for (j, &b) in blocks.iter().enumerate() {
+            let (s0, c0) = (b as usize * 64, j * 64);
+            if c0 >= used {
+                break;
             }
+            let len = (used - c0).min(64).min(n - s0);
+            sc.pairs.push((c0, s0, len));
+        }
+        let values = &self.vt[kvh * d * n..][..d * n];
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::has_fma() {
+            // SAFETY: the CPU has AVX2 and FMA; every pair lies inside `probs` and a row of n.
+            unsafe { dot_x86::weighted_sums(probs, values, n, &sc.pairs, self.order, o) };
+            return;
+        }
+        for (e, o) in o.iter_mut().enumerate() {
+            let vr = &values[e * n..][..n];
             let segments = sc
                 .pairs
                 .iter()
@@ -527,6 +548,130 @@ mod dot_x86 {
         let t4 = _mm_add_ps(_mm256_extractf128_ps(t8, 1), _mm256_castps256_ps128(t8));
         let r = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
         _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)))
+    }
+
+    /// `put(s, q · k_s)` for each slot `s`, `k_s` the 64 values at `keys[s * row..]`, summed as
+    /// [`ggml_dot`] sums one 64-value row (one step of 64 for `VecDot`, 16-lane chunks for
+    /// `TinyBlas`), with `q` held in registers across the slots.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `q` has 64 values, `keys` 64 from every `s * row`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scores64(
+        q: &[f32],
+        keys: &[f32],
+        row: usize,
+        slots: impl Iterator<Item = usize>,
+        order: SumOrder,
+        put: &mut impl FnMut(usize, f32),
+    ) {
+        assert!(q.len() >= 64);
+        // SAFETY: q has 64 values.
+        let qv: [__m256; 8] =
+            std::array::from_fn(|v| unsafe { _mm256_loadu_ps(q.as_ptr().add(8 * v)) });
+        for s in slots {
+            let k = &keys[s * row..][..64];
+            // SAFETY: k has 64 values.
+            let kv = |v: usize| unsafe { _mm256_loadu_ps(k.as_ptr().add(8 * v)) };
+            let dot = match order {
+                SumOrder::TinyBlas => {
+                    // Lanes 0..8 take vectors 0, 2, 4, 6; lanes 8..16 vectors 1, 3, 5, 7.
+                    // From +0, as the reference sums (a -0 product then gives +0).
+                    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                    for c in 0..4 {
+                        lo = _mm256_fmadd_ps(qv[2 * c], kv(2 * c), lo);
+                        hi = _mm256_fmadd_ps(qv[2 * c + 1], kv(2 * c + 1), hi);
+                    }
+                    reduce16(lo, hi)
+                }
+                SumOrder::VecDot => {
+                    // One step of 64: each lane holds one product.
+                    let p: [__m256; 8] =
+                        std::array::from_fn(|v| _mm256_fmadd_ps(qv[v], kv(v), _mm256_setzero_ps()));
+                    let lo = _mm256_add_ps(_mm256_add_ps(p[0], p[4]), _mm256_add_ps(p[2], p[6]));
+                    let hi = _mm256_add_ps(_mm256_add_ps(p[1], p[5]), _mm256_add_ps(p[3], p[7]));
+                    reduce16(lo, hi)
+                }
+            };
+            put(s, dot);
+        }
+    }
+
+    /// `out[e] = Σ probs[c0 + i] · values[e·n + s0 + i]` over the `(c0, s0, len)` segments, summed
+    /// as [`ggml_dot`] sums them: the same lanes and order, a partial last chunk loaded with a
+    /// mask (its other lanes add +0, as the reference's zero padding does).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; every segment lies inside `probs` and inside a row of `n` of
+    /// `values` (`out.len()` rows).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn weighted_sums(
+        probs: &[f32],
+        values: &[f32],
+        n: usize,
+        segments: &[(usize, usize, usize)],
+        order: SumOrder,
+        out: &mut [f32],
+    ) {
+        assert!(values.len() >= out.len() * n);
+        assert!(
+            segments
+                .iter()
+                .all(|&(c0, s0, len)| c0 + len <= probs.len() && s0 + len <= n)
+        );
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        // SAFETY (all loads below): the asserts above; masked-off lanes are not read.
+        let run = |acc: &mut [__m256], e: usize| {
+            let width = 8 * acc.len();
+            for &(c0, s0, len) in segments {
+                let (p, v) = (
+                    probs.as_ptr().wrapping_add(c0),
+                    values.as_ptr().wrapping_add(e * n + s0),
+                );
+                let full = len / width * width;
+                let mut i = 0;
+                while i < full {
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        unsafe {
+                            let x = _mm256_loadu_ps(p.add(i + 8 * j));
+                            let y = _mm256_loadu_ps(v.add(i + 8 * j));
+                            *a = _mm256_fmadd_ps(x, y, *a);
+                        }
+                    }
+                    i += width;
+                }
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let left = len as i32 - (full + 8 * j) as i32;
+                    if left <= 0 {
+                        break;
+                    }
+                    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left.min(8)), lanes);
+                    unsafe {
+                        let x = _mm256_maskload_ps(p.add(full + 8 * j), mask);
+                        let y = _mm256_maskload_ps(v.add(full + 8 * j), mask);
+                        *a = _mm256_fmadd_ps(x, y, *a);
+                    }
+                }
+            }
+        };
+        for (e, o) in out.iter_mut().enumerate() {
+            *o = match order {
+                SumOrder::TinyBlas => {
+                    let mut acc = [_mm256_setzero_ps(); 2];
+                    run(&mut acc, e);
+                    reduce16(acc[0], acc[1])
+                }
+                SumOrder::VecDot => {
+                    let mut acc = [_mm256_setzero_ps(); 8];
+                    run(&mut acc, e);
+                    let lo =
+                        _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+                    let hi =
+                        _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+                    reduce16(lo, hi)
+                }
+            };
+        }
     }
 
     /// # Safety
