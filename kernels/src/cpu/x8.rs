@@ -1,5 +1,5 @@
-//! Weights repacked for the CPU: eight rows interleaved per 32-value block ("x8"), the layout of
-//! llama.cpp's `block_q4_0x8` idea cut to what `vpdpbusd` wants.
+//! Weights repacked for the CPU: eight rows interleaved per block ("x8"), llama.cpp's
+//! `block_q4_0x8` idea cut to what `vpdpbusd` wants.
 //!
 //! In GGUF order a matrix–vector product walks one row at a time, 18 or 34 bytes per block, and
 //! spends a dozen instructions per row and block on unpacking, scale conversion and one FMA chain.
@@ -9,7 +9,8 @@
 //! eight rows' partial dot products in one instruction, and the eight rows' scales are one f16
 //! vector. Loads are one sequential stream per thread.
 //!
-//! Block `b` of group `g` (rows `8g..8g+8`) sits at `(g·nb + b)·8·block_bytes`:
+//! Block `b` of group `g` (rows `8g..8g+8`) sits at `(g·nb + b)·packed_block` (`8·block_bytes`,
+//! Q4_K 32 more):
 //! - Q4_0: `d[8]` f16, then 4 × 32 bytes; byte `4r + t` of vector `v` is byte `4v + t` of row
 //!   `r`'s `qs` (low nibble: value `4v + t`, high nibble: value `16 + 4v + t`);
 //! - Q4_1: `d[8]`, `m[8]` f16, then the same 128 bytes;
@@ -20,7 +21,7 @@
 //! - Q4_K (256-value blocks): `d[8]`, `dmin[8]` f16, the 6-bit scales and minima decoded to
 //!   bytes (`sc[sub-block][row]`, then `m[sub-block][row]`), then for each pair `p` of 32-value
 //!   sub-blocks 8 × 32 bytes: byte `4r + t` of vector `v` is byte `32p + 4v + t` of row `r`'s
-//!   `qs` (low nibble: sub-block `2p`, high nibble: `2p + 1`, value `4v + t`).
+//!   `qs` (low nibble: sub-block `2p`, high nibble: `2p + 1`, value `4v + t`);
 //! - Q6_K (256-value blocks): `d[8]` f16, `scales[16][8]` i8, then for each half `h` and
 //!   `c = 0..8` three vectors in the order the kernel reads them: `ql` bytes `64h + 4c + t`,
 //!   `ql` bytes `64h + 32 + 4c + t` and `qh` bytes `32h + 4c + t` of row `r` at `4r + t`.
