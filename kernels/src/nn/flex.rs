@@ -11,6 +11,31 @@ fn f32s(x: &FlexTensor) -> FlexTensor {
     x.to_contiguous()
 }
 
+/// Runs `f(first_row, rows)` over `out` (rows of `row` values) split among the kernel pool's
+/// threads when it is large enough to be worth it (prompts), else on the caller (decode).
+fn par_rows(out: &mut [f32], row: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let pool = crate::cpu::pool::pool();
+    let threads = pool.threads();
+    let rows = out.len() / row.max(1);
+    if threads == 1 || out.len() < 1 << 15 || rows < threads {
+        f(0, out);
+        return;
+    }
+    let mut parts = Vec::with_capacity(threads);
+    let mut rest = out;
+    for t in 0..threads {
+        let share = crate::cpu::pool::share(rows, threads, t);
+        let (head, tail) = rest.split_at_mut(share.len() * row);
+        parts.push(std::sync::Mutex::new((share.start, head)));
+        rest = tail;
+    }
+    pool.run(&|t: usize| {
+        let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
+        let (first, rows) = &mut *part;
+        f(*first, rows);
+    });
+}
+
 impl NnOps for Flex {
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
         let (x, w) = (f32s(&x), f32s(&weight));
@@ -19,14 +44,16 @@ impl NnOps for Flex {
         let xs: &[f32] = x.as_slice().expect("rms_norm: f32 input");
         let d = w.len();
         let mut out = vec![0.0f32; xs.len()];
-        for (o, x) in out.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
-            // ggml_compute_forward_rms_norm_f32: the mean of squares summed in double.
-            let sum: f64 = x.iter().map(|&v| f64::from(v * v)).sum();
-            let scale = 1.0 / ((sum / d as f64) as f32 + eps).sqrt();
-            for ((o, &v), &w) in o.iter_mut().zip(x).zip(w) {
-                *o = v * scale * w;
+        par_rows(&mut out, d, &|first, out| {
+            for (o, x) in out.chunks_exact_mut(d).zip(xs[first * d..].chunks_exact(d)) {
+                // ggml_compute_forward_rms_norm_f32: the mean of squares summed in double.
+                let sum: f64 = x.iter().map(|&v| f64::from(v * v)).sum();
+                let scale = 1.0 / ((sum / d as f64) as f32 + eps).sqrt();
+                for ((o, &v), &w) in o.iter_mut().zip(x).zip(w) {
+                    *o = v * scale * w;
+                }
             }
-        }
+        });
         FlexTensor::from_data(TensorData::new(out, shape))
     }
 
@@ -77,7 +104,11 @@ impl NnOps for Flex {
         let gs: &[f32] = g.as_slice().expect("swiglu: f32 gate");
         let us: &[f32] = u.as_slice().expect("swiglu: f32 up");
         let mut out = vec![0.0f32; gs.len()];
-        swiglu_slice(gs, us, &mut out);
+        let row = *shape.last().unwrap_or(&1);
+        par_rows(&mut out, row, &|first, out| {
+            let at = first * row;
+            swiglu_slice(&gs[at..at + out.len()], &us[at..at + out.len()], out)
+        });
         FlexTensor::from_data(TensorData::new(out, shape))
     }
 
