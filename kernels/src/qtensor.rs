@@ -13,8 +13,8 @@ pub enum Layout {
     #[default]
     Gguf,
     /// The CPU's x8 layout (eight rows interleaved per block, [`crate::cpu::x8`]) of a matrix
-    /// with rows of `k` values: Q4_0, Q4_1 and Q8_0 matrices on the CPU whose row count is a
-    /// multiple of 8, unless `KILN_CPU_REPACK=0`. Same size as the GGUF blocks (Q4_K: 2.8%
+    /// with rows of `k` values: the matrices of the types [`crate::cpu::x8::supported`] lists on
+    /// the CPU whose row count is a multiple of 8, unless `KILN_CPU_REPACK=0`. Same size as the GGUF blocks (Q4_K: 2.8%
     /// more, [`crate::cpu::x8::packed_bytes`]).
     CpuX8 { k: usize },
 }

@@ -453,7 +453,12 @@ fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 /// `buf` (`rows` rows of `row` items) cut into the [`pool::share`]s of `parts` threads.
-fn split_rows<T>(mut buf: &mut [T], row: usize, rows: usize, parts: usize) -> Vec<&mut [T]> {
+pub(crate) fn split_rows<T>(
+    mut buf: &mut [T],
+    row: usize,
+    rows: usize,
+    parts: usize,
+) -> Vec<&mut [T]> {
     let mut out = Vec::with_capacity(parts);
     for t in 0..parts {
         let (head, rest) = buf.split_at_mut(pool::share(rows, parts, t).len() * row);

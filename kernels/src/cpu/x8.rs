@@ -226,24 +226,19 @@ pub fn repack(ty: GgmlType, src: &[u8], n: usize, k: usize) -> Vec<u8> {
         for (b, dst) in dst_g.chunks_exact_mut(pb).enumerate() {
             for q in 0..GROUP {
                 let s = &src[((g * GROUP + q) * nb + b) * bb..][..bb];
-                if ty == GgmlType::Q4_K {
-                    repack_q4_k(dst, q, s);
-                    continue;
-                }
-                if ty == GgmlType::Q6_K {
-                    repack_q6_k(dst, q, s);
-                    continue;
-                }
-                if ty == GgmlType::Q5_0 {
-                    repack_q5_0(dst, q, s);
-                    continue;
-                }
-                dst[2 * q..2 * q + 2].copy_from_slice(&s[..2]);
-                if ty == GgmlType::Q4_1 {
-                    dst[16 + 2 * q..18 + 2 * q].copy_from_slice(&s[2..4]);
-                }
-                for c in 0..qlen / 4 {
-                    dst[h + 32 * c + 4 * q..][..4].copy_from_slice(&s[qat + 4 * c..][..4]);
+                match ty {
+                    GgmlType::Q4_K => repack_q4_k(dst, q, s),
+                    GgmlType::Q6_K => repack_q6_k(dst, q, s),
+                    GgmlType::Q5_0 => repack_q5_0(dst, q, s),
+                    _ => {
+                        dst[2 * q..2 * q + 2].copy_from_slice(&s[..2]);
+                        if ty == GgmlType::Q4_1 {
+                            dst[16 + 2 * q..18 + 2 * q].copy_from_slice(&s[2..4]);
+                        }
+                        for c in 0..qlen / 4 {
+                            dst[h + 32 * c + 4 * q..][..4].copy_from_slice(&s[qat + 4 * c..][..4]);
+                        }
+                    }
                 }
             }
         }
@@ -264,24 +259,19 @@ pub fn unpack_rows(ty: GgmlType, packed: &[u8], k: usize, rows: Range<usize>, ou
             let at = out.len();
             out.resize(at + bb, 0);
             let dst = &mut out[at..];
-            if ty == GgmlType::Q4_K {
-                unpack_q4_k(src, q, dst);
-                continue;
-            }
-            if ty == GgmlType::Q6_K {
-                unpack_q6_k(src, q, dst);
-                continue;
-            }
-            if ty == GgmlType::Q5_0 {
-                unpack_q5_0(src, q, dst);
-                continue;
-            }
-            dst[..2].copy_from_slice(&src[2 * q..2 * q + 2]);
-            if ty == GgmlType::Q4_1 {
-                dst[2..4].copy_from_slice(&src[16 + 2 * q..18 + 2 * q]);
-            }
-            for c in 0..qlen / 4 {
-                dst[qat + 4 * c..][..4].copy_from_slice(&src[h + 32 * c + 4 * q..][..4]);
+            match ty {
+                GgmlType::Q4_K => unpack_q4_k(src, q, dst),
+                GgmlType::Q6_K => unpack_q6_k(src, q, dst),
+                GgmlType::Q5_0 => unpack_q5_0(src, q, dst),
+                _ => {
+                    dst[..2].copy_from_slice(&src[2 * q..2 * q + 2]);
+                    if ty == GgmlType::Q4_1 {
+                        dst[2..4].copy_from_slice(&src[16 + 2 * q..18 + 2 * q]);
+                    }
+                    for c in 0..qlen / 4 {
+                        dst[qat + 4 * c..][..4].copy_from_slice(&src[h + 32 * c + 4 * q..][..4]);
+                    }
+                }
             }
         }
     }
@@ -356,6 +346,89 @@ fn kernels(isa: Isa, ty: GgmlType) -> Kernels {
     }
 }
 
+/// The per-block scalars of every activation row ([`ActRow`]'s `d`, `c`, `s`): `per_c` and
+/// `per_s` values per block.
+struct Scalars {
+    d: Vec<f32>,
+    c: Vec<i32>,
+    s: Vec<f32>,
+    per_c: usize,
+    per_s: usize,
+}
+
+impl Scalars {
+    /// Read from the `m` quantized rows `a`, the rows shared among the pool's threads.
+    fn of(ty: GgmlType, act: ActFormat, a: &[u8], m: usize, nb: usize) -> Self {
+        let per_c = match ty {
+            GgmlType::Q4_1 => 0,
+            GgmlType::Q4_K => 8,
+            GgmlType::Q6_K => 16,
+            _ => 1,
+        };
+        let per_s = usize::from(ty == GgmlType::Q4_1);
+        let mut sc = Scalars {
+            d: vec![0.0; m * nb],
+            c: vec![0; m * nb * per_c],
+            s: vec![0.0; m * nb * per_s],
+            per_c,
+            per_s,
+        };
+        let a_row = act.row_bytes(nb * ty.block_size());
+        // Bytes per block; Q8_0/Q8_1 quants start after d (and s).
+        let (ab, qat) = (act.block().1, act.block().1 - 32);
+        let offset = match ty {
+            GgmlType::Q4_0 => 8,
+            GgmlType::Q5_0 => 16,
+            _ => 128,
+        };
+        // Rows `first..` of `a` into their slices of d, c, s.
+        let fill = |first: usize, d: &mut [f32], c: &mut [i32], s: &mut [f32]| {
+            let rows = d.len() / nb;
+            let blocks = a[first * a_row..(first + rows) * a_row].chunks_exact(ab);
+            for (i, blk) in blocks.enumerate() {
+                if matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) {
+                    // Q8_K: f32 d, 256 quants, 16 sums of 16.
+                    d[i] = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+                    let sum = |h: usize| {
+                        i32::from(i16::from_le_bytes([blk[260 + 2 * h], blk[261 + 2 * h]]))
+                    };
+                    for (j, c) in c[per_c * i..per_c * (i + 1)].iter_mut().enumerate() {
+                        *c = if ty == GgmlType::Q6_K {
+                            32 * sum(j)
+                        } else {
+                            sum(2 * j) + sum(2 * j + 1)
+                        };
+                    }
+                } else {
+                    // Q8_0 (d, 32 quants) or Q8_1 (d, s, 32 quants).
+                    d[i] = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                    if ty == GgmlType::Q4_1 {
+                        s[i] = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
+                    } else {
+                        c[i] = offset * blk[qat..].iter().map(|&q| i32::from(q as i8)).sum::<i32>();
+                    }
+                }
+            }
+        };
+        let pool = pool::pool();
+        let threads = pool.threads();
+        if m == 1 || threads == 1 {
+            fill(0, &mut sc.d, &mut sc.c, &mut sc.s);
+            return sc;
+        }
+        let ds = super::split_rows(&mut sc.d, nb, m, threads);
+        let cs = super::split_rows(&mut sc.c, nb * per_c, m, threads);
+        let ss = super::split_rows(&mut sc.s, nb * per_s, m, threads);
+        let parts: Vec<_> = ds.into_iter().zip(cs).zip(ss).map(Mutex::new).collect();
+        pool.run(&|t: usize| {
+            let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
+            let ((d, c), s) = &mut *part;
+            fill(pool::share(m, threads, t).start, d, c, s);
+        });
+        sc
+    }
+}
+
 /// Activation rows from which a product splits rows (not weight groups) among threads.
 const SPLIT_ROWS_FROM: usize = 16;
 /// Activation rows a thread runs against all weight groups before the next rows (they stay in
@@ -380,58 +453,12 @@ pub fn qmatmul(
     let act = ActFormat::for_weights(ty).expect("x8 types have an activation format");
     let a_row = act.row_bytes(k);
     let a = super::quantize_acts(act, x, m, k);
-    // Per-block scalars of every activation row.
-    let mut d = vec![0.0f32; m * nb];
-    let per_c = match ty {
-        GgmlType::Q4_1 => 0,
-        GgmlType::Q4_K => 8,
-        GgmlType::Q6_K => 16,
-        _ => 1,
-    };
-    let mut c = vec![0i32; m * nb * per_c];
-    let mut s = vec![0.0f32; if ty == GgmlType::Q4_1 { m * nb } else { 0 }];
-    if matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) {
-        // Q8_K: f32 d, 256 quants, 16 sums of 16.
-        for (i, blk) in a.chunks_exact(292).enumerate() {
-            d[i] = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
-            let sum =
-                |h: usize| i32::from(i16::from_le_bytes([blk[260 + 2 * h], blk[261 + 2 * h]]));
-            if ty == GgmlType::Q6_K {
-                for g in 0..16 {
-                    c[16 * i + g] = 32 * sum(g);
-                }
-                continue;
-            }
-            for j in 0..8 {
-                c[8 * i + j] = sum(2 * j) + sum(2 * j + 1);
-            }
-        }
-    } else {
-        // Bytes before a block's 32 quants: 2 (Q8_0: d) or 4 (Q8_1: d, s).
-        let qat = act.block().1 - 32;
-        let offset = match ty {
-            GgmlType::Q4_0 => 8,
-            GgmlType::Q5_0 => 16,
-            _ => 128,
-        };
-        for (i, blk) in a.chunks_exact(qat + 32).enumerate() {
-            d[i] = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-            if ty == GgmlType::Q4_1 {
-                s[i] = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
-            } else {
-                c[i] = offset * blk[qat..].iter().map(|&q| i32::from(q as i8)).sum::<i32>();
-            }
-        }
-    }
+    let sc = Scalars::of(ty, act, &a, m, nb);
     let row = |i: usize| ActRow {
         q: &a[i * a_row..(i + 1) * a_row],
-        d: &d[i * nb..(i + 1) * nb],
-        c: &c[i * nb * per_c..(i + 1) * nb * per_c],
-        s: if s.is_empty() {
-            &[]
-        } else {
-            &s[i * nb..(i + 1) * nb]
-        },
+        d: &sc.d[i * nb..(i + 1) * nb],
+        c: &sc.c[i * nb * sc.per_c..(i + 1) * nb * sc.per_c],
+        s: &sc.s[i * nb * sc.per_s..(i + 1) * nb * sc.per_s],
     };
     let kern = kernels(isa, ty);
     let group_bytes = nb * packed_block(ty);

@@ -24,20 +24,16 @@ impl DequantOps for Flex {
         let words = words.to_contiguous();
         let n_bytes = n_elements / ty.block_size() * ty.block_bytes();
         let mut out = vec![0.0f32; n_elements];
+        let unpacked;
         let bytes = match layout {
             Layout::Gguf => &words.bytes()[..n_bytes],
             Layout::CpuX8 { k } => {
-                &words.bytes()[..crate::cpu::x8::packed_bytes(ty, n_elements / k, k)]
-            }
-        };
-        let gguf;
-        let bytes = match layout {
-            Layout::Gguf => bytes,
-            Layout::CpuX8 { k } => {
-                let mut rows = Vec::with_capacity(n_bytes);
-                crate::cpu::x8::unpack_rows(ty, bytes, k, 0..n_elements / k, &mut rows);
-                gguf = rows;
-                &gguf
+                let rows = n_elements / k;
+                let packed = &words.bytes()[..crate::cpu::x8::packed_bytes(ty, rows, k)];
+                let mut gguf = Vec::with_capacity(n_bytes);
+                crate::cpu::x8::unpack_rows(ty, packed, k, 0..rows, &mut gguf);
+                unpacked = gguf;
+                &unpacked[..]
             }
         };
         kiln_quant::blocks::dequantize(ty, bytes, &mut out)

@@ -21,14 +21,14 @@ fn par_rows(out: &mut [f32], row: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync))
         f(0, out);
         return;
     }
-    let mut parts = Vec::with_capacity(threads);
-    let mut rest = out;
-    for t in 0..threads {
-        let share = crate::cpu::pool::share(rows, threads, t);
-        let (head, tail) = rest.split_at_mut(share.len() * row);
-        parts.push(std::sync::Mutex::new((share.start, head)));
-        rest = tail;
-    }
+    let parts: Vec<_> = crate::cpu::split_rows(out, row, rows, threads)
+        .into_iter()
+        .enumerate()
+        .map(|(t, part)| {
+            let first = crate::cpu::pool::share(rows, threads, t).start;
+            std::sync::Mutex::new((first, part))
+        })
+        .collect();
     pool.run(&|t: usize| {
         let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
         let (first, rows) = &mut *part;
@@ -370,10 +370,10 @@ impl AttnCtx<'_> {
         sc.scores.clear();
         sc.scores.resize(m, f32::NEG_INFINITY);
         let mut max = f32::NEG_INFINITY;
+        let keys = &self.kf[kvh * d..];
         for (j, &b) in blocks.iter().enumerate() {
             let s0 = b as usize * 64;
             let slots = (s0..(s0 + 64).min(n)).filter(|&s| visible(s));
-            let keys = &self.kf[kvh * d..];
             let mut put = |s: usize, dot: f32| {
                 let score = dot * mask.scale;
                 sc.scores[j * 64 + s - s0] = score;
@@ -525,50 +525,54 @@ mod dot_x86 {
 
     use super::SumOrder;
 
-    /// `acc[v]` (lanes `8v..8v + 8` of `V·8`) `+= a·b` over whole chunks of `8·V` values;
-    /// returns how many values it took.
+    /// `acc` (lanes `8v..8v + 8` in vector `v`) `+= a[i]·b[i]` for `i < len`, lane `i % (8·V)`, in
+    /// index order; a partial last chunk is loaded with a mask, so its other lanes add +0 (as
+    /// the reference's zero padding does).
+    ///
+    /// # Safety
+    /// `a` and `b` point at `len` readable floats.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn chunks<const V: usize>(acc: &mut [__m256; V], a: &[f32], b: &[f32]) -> usize {
-        let len = a.len().min(b.len());
-        let full = len / (8 * V) * (8 * V);
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    unsafe fn accumulate(acc: &mut [__m256], a: *const f32, b: *const f32, len: usize) {
+        let width = 8 * acc.len();
+        let full = len / width * width;
         let mut i = 0;
         while i < full {
             for (v, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: i + 8v + 8 <= full <= both lengths.
+                // SAFETY: i + 8v + 8 <= full <= len.
                 unsafe {
-                    let x = _mm256_loadu_ps(pa.add(i + 8 * v));
-                    let y = _mm256_loadu_ps(pb.add(i + 8 * v));
+                    let x = _mm256_loadu_ps(a.add(i + 8 * v));
+                    let y = _mm256_loadu_ps(b.add(i + 8 * v));
                     *acc = _mm256_fmadd_ps(x, y, *acc);
                 }
             }
-            i += 8 * V;
+            i += width;
         }
-        full
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for (v, acc) in acc.iter_mut().enumerate() {
+            let left = len as i32 - (full + 8 * v) as i32;
+            if left <= 0 {
+                break;
+            }
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left.min(8)), lanes);
+            // SAFETY: the unmasked lanes are below len; masked-off lanes are not read.
+            unsafe {
+                let x = _mm256_maskload_ps(a.add(full + 8 * v), mask);
+                let y = _mm256_maskload_ps(b.add(full + 8 * v), mask);
+                *acc = _mm256_fmadd_ps(x, y, *acc);
+            }
+        }
     }
 
-    /// Adds the values after the whole chunks lane by lane (`acc` as `[f32; 8·V]`).
+    /// The 16 lanes of `ggml_vec_dot_f16`'s four accumulators (eight vectors) folded as
+    /// `GGML_F32x16_REDUCE` does, then reduced.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn tail<const V: usize>(acc: &mut [__m256; V], a: &[f32], b: &[f32], from: usize) {
-        let len = a.len().min(b.len());
-        if from == len {
-            return;
-        }
-        let mut lanes = [[0.0f32; 8]; V];
-        for (l, v) in lanes.iter_mut().zip(acc.iter()) {
-            // SAFETY: 8 floats.
-            unsafe { _mm256_storeu_ps(l.as_mut_ptr(), *v) };
-        }
-        for i in from..len {
-            let lane = i % (8 * V);
-            lanes[lane / 8][lane % 8] += a[i] * b[i];
-        }
-        for (l, v) in lanes.iter().zip(acc.iter_mut()) {
-            // SAFETY: 8 floats.
-            *v = unsafe { _mm256_loadu_ps(l.as_ptr()) };
-        }
+    fn reduce64(acc: &[__m256; 8]) -> f32 {
+        // Lanes l and 32 + l, 16 + l and 48 + l, for l in 0..16 (two vectors each).
+        let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+        let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+        reduce16(lo, hi)
     }
 
     /// `_mm512_reduce_add_ps` of the 16 lanes `lo ++ hi`.
@@ -619,9 +623,7 @@ mod dot_x86 {
                     // One step of 64: each lane holds one product.
                     let p: [__m256; 8] =
                         std::array::from_fn(|v| _mm256_fmadd_ps(qv[v], kv(v), _mm256_setzero_ps()));
-                    let lo = _mm256_add_ps(_mm256_add_ps(p[0], p[4]), _mm256_add_ps(p[2], p[6]));
-                    let hi = _mm256_add_ps(_mm256_add_ps(p[1], p[5]), _mm256_add_ps(p[3], p[7]));
-                    reduce16(lo, hi)
+                    reduce64(&p)
                 }
             };
             put(s, dot);
@@ -650,39 +652,17 @@ mod dot_x86 {
                 .iter()
                 .all(|&(c0, s0, len)| c0 + len <= probs.len() && s0 + len <= n)
         );
-        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        // SAFETY (all loads below): the asserts above; masked-off lanes are not read.
         let run = |acc: &mut [__m256], e: usize| {
-            let width = 8 * acc.len();
             for &(c0, s0, len) in segments {
-                let (p, v) = (
-                    probs.as_ptr().wrapping_add(c0),
-                    values.as_ptr().wrapping_add(e * n + s0),
-                );
-                let full = len / width * width;
-                let mut i = 0;
-                while i < full {
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        unsafe {
-                            let x = _mm256_loadu_ps(p.add(i + 8 * j));
-                            let y = _mm256_loadu_ps(v.add(i + 8 * j));
-                            *a = _mm256_fmadd_ps(x, y, *a);
-                        }
-                    }
-                    i += width;
-                }
-                for (j, a) in acc.iter_mut().enumerate() {
-                    let left = len as i32 - (full + 8 * j) as i32;
-                    if left <= 0 {
-                        break;
-                    }
-                    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left.min(8)), lanes);
-                    unsafe {
-                        let x = _mm256_maskload_ps(p.add(full + 8 * j), mask);
-                        let y = _mm256_maskload_ps(v.add(full + 8 * j), mask);
-                        *a = _mm256_fmadd_ps(x, y, *a);
-                    }
-                }
+                // SAFETY: the asserts above.
+                unsafe {
+                    accumulate(
+                        acc,
+                        probs.as_ptr().add(c0),
+                        values.as_ptr().add(e * n + s0),
+                        len,
+                    )
+                };
             }
         };
         for (e, o) in out.iter_mut().enumerate() {
@@ -695,11 +675,7 @@ mod dot_x86 {
                 SumOrder::VecDot => {
                     let mut acc = [_mm256_setzero_ps(); 8];
                     run(&mut acc, e);
-                    let lo =
-                        _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
-                    let hi =
-                        _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
-                    reduce16(lo, hi)
+                    reduce64(&acc)
                 }
             };
         }
@@ -713,27 +689,22 @@ mod dot_x86 {
         segments: impl Iterator<Item = (&'a [f32], &'a [f32])>,
         order: SumOrder,
     ) -> f32 {
+        let run = |acc: &mut [__m256]| {
+            for (a, b) in segments {
+                // SAFETY: both slices hold the lengths passed.
+                unsafe { accumulate(acc, a.as_ptr(), b.as_ptr(), a.len().min(b.len())) };
+            }
+        };
         match order {
             SumOrder::TinyBlas => {
                 let mut acc = [_mm256_setzero_ps(); 2];
-                for (a, b) in segments {
-                    let done = chunks(&mut acc, a, b);
-                    tail(&mut acc, a, b, done);
-                }
+                run(&mut acc);
                 reduce16(acc[0], acc[1])
             }
             SumOrder::VecDot => {
                 let mut acc = [_mm256_setzero_ps(); 8];
-                for (a, b) in segments {
-                    let done = chunks(&mut acc, a, b);
-                    tail(&mut acc, a, b, done);
-                }
-                // Lanes l and 32 + l, 16 + l and 48 + l, for l in 0..16 (two vectors each).
-                let lo =
-                    _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
-                let hi =
-                    _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
-                reduce16(lo, hi)
+                run(&mut acc);
+                reduce64(&acc)
             }
         }
     }

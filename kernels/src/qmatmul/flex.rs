@@ -23,13 +23,13 @@ impl QMatmulOps for Flex {
         let m = x.len() / k;
         let row = ty.block_bytes() * (k / ty.block_size());
         let words = words.to_contiguous();
-        let w = match layout {
-            Layout::Gguf => &words.bytes()[..n * row],
-            Layout::CpuX8 { .. } => &words.bytes()[..cpu::x8::packed_bytes(ty, n, k)],
-        };
+        let (isa, bytes) = (cpu::active_isa(), words.bytes());
         let y = match layout {
-            Layout::Gguf => cpu::qmatmul(cpu::active_isa(), ty, w, n, k, x, m),
-            Layout::CpuX8 { .. } => cpu::x8::qmatmul(cpu::active_isa(), ty, w, n, k, x, m),
+            Layout::Gguf => cpu::qmatmul(isa, ty, &bytes[..n * row], n, k, x, m),
+            Layout::CpuX8 { .. } => {
+                let w = &bytes[..cpu::x8::packed_bytes(ty, n, k)];
+                cpu::x8::qmatmul(isa, ty, w, n, k, x, m)
+            }
         };
         FlexTensor::from_data(TensorData::new(y, [m, n]))
     }
