@@ -181,7 +181,12 @@ impl LayerNorm {
     /// `LayerNorm(x + residual)` over the last dimension (`torch.nn.LayerNorm`, biased
     /// variance).
     pub(crate) fn forward(&self, x: Tensor<2>, residual: Tensor<2>) -> Tensor<2> {
-        encoder::add_layer_norm(x, residual, &self.gamma, &self.beta, self.eps as f32)
+        encoder::add_layer_norm(x, Some(residual), &self.gamma, &self.beta, self.eps as f32)
+    }
+
+    /// `LayerNorm(x)`, no residual.
+    pub(crate) fn norm(&self, x: Tensor<2>) -> Tensor<2> {
+        encoder::add_layer_norm(x, None, &self.gamma, &self.beta, self.eps as f32)
     }
 }
 
@@ -235,8 +240,9 @@ impl Dense {
             Dense::Blocks { w, bias } => {
                 let y = qmatmul(x, w)? + bias.clone().unsqueeze::<2>();
                 Ok(match act {
+                    Act::None => y,
                     Act::Gelu => burn::tensor::activation::gelu(y),
-                    _ => y,
+                    Act::QuickGelu => burn::tensor::activation::sigmoid(y.clone() * 1.702) * y,
                 })
             }
         }

@@ -242,18 +242,7 @@ impl Mha {
     }
 }
 
-/// `LayerNorm(x)` (Kiln's LayerNorm op adds a residual; here it is zero).
-fn norm(ln: &LayerNorm, x: Tensor<2>) -> Tensor<2> {
-    let zero = x.zeros_like();
-    ln.forward(x, zero)
-}
-
-/// CLIP's `QuickGELU`: `x · σ(1.702 x)`.
-fn quick_gelu(x: Tensor<2>) -> Tensor<2> {
-    burn::tensor::activation::sigmoid(x.clone() * 1.702) * x
-}
-
-/// `c_fc`, QuickGELU, `c_proj`.
+/// `c_fc`, QuickGELU (`x · σ(1.702 x)`, fused into `c_fc`), `c_proj`.
 struct Mlp {
     fc: Dense,
     proj: Dense,
@@ -274,7 +263,7 @@ impl Mlp {
     }
 
     fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>> {
-        let up = quick_gelu(self.fc.forward(x, Act::None)?);
+        let up = self.fc.forward(x, Act::QuickGelu)?;
         self.proj.forward(up, Act::None)
     }
 }
@@ -301,8 +290,8 @@ struct MitBlock {
 impl MitBlock {
     /// `x`: `rows` sequences of `seq` tokens.
     fn forward(&self, x: Tensor<2>, rows: usize, seq: usize) -> Result<Tensor<2>> {
-        let x = x.clone() + self.attn.forward(norm(&self.ln_1, x), rows, seq)?;
-        Ok(x.clone() + self.mlp.forward(norm(&self.ln_2, x))?)
+        let x = x.clone() + self.attn.forward(self.ln_1.norm(x), rows, seq)?;
+        Ok(x.clone() + self.mlp.forward(self.ln_2.norm(x))?)
     }
 }
 
@@ -724,7 +713,7 @@ impl Cope {
                 self.cross_frame(last, x, b, t, l, true)?
             }
         };
-        let cls = norm(&vis.ln_post, cls);
+        let cls = vis.ln_post.norm(cls);
         let cls = vis.proj.forward(cls, Act::None)?; // [n, e]
 
         // Integration over the clip's frames; one image is broadcast over every position.
@@ -756,10 +745,10 @@ impl Cope {
         // Messages: each frame's class token, attended across the clip's frames.
         let cls = x3.clone().slice([0..n, 0..1, 0..width]).reshape([n, width]);
         let msg = blk.message_fc.forward(cls, Act::None)?;
-        let msg = msg.clone() + blk.message_attn.forward(norm(&blk.message_ln, msg), b, t)?;
+        let msg = msg.clone() + blk.message_attn.forward(blk.message_ln.norm(msg), b, t)?;
         // The frame's tokens and its message; the message is dropped after the attention.
         let xm = Tensor::cat(vec![x3, msg.reshape([n, 1, width])], 1).reshape([n * (l + 1), width]);
-        let ctx = blk.attn.context(norm(&blk.ln_1, xm), n, l + 1)?;
+        let ctx = blk.attn.context(blk.ln_1.norm(xm), n, l + 1)?;
         // The block's output rows: every frame token, or (class_only) each frame's first.
         let (keep, x) = if class_only {
             (0..1, x.reshape([n, l, width]).slice([0..n, 0..1, 0..width]))
@@ -772,7 +761,7 @@ impl Cope {
             .slice([0..n, keep, 0..width])
             .reshape([rows, width]);
         let x = x.reshape([rows, width]) + blk.attn.out.forward(ctx, Act::None)?;
-        Ok(x.clone() + blk.mlp.forward(norm(&blk.ln_2, x))?)
+        Ok(x.clone() + blk.mlp.forward(blk.ln_2.norm(x))?)
     }
 
     /// Product-page embeddings (title + image), L2-normalized, `[pages, embedding_size]`

@@ -477,8 +477,7 @@ impl MambaRec {
 
     /// The reference's shared LayerNorm (eps 1e-5), on `x` alone.
     fn layer_norm(&self, x: Tensor<2>) -> Tensor<2> {
-        let zero = Tensor::zeros(x.dims(), &self.device);
-        encoder::add_layer_norm(x, zero, &self.norm_gamma, &self.norm_beta, 1e-5)
+        encoder::add_layer_norm(x, None, &self.norm_gamma, &self.norm_beta, 1e-5)
     }
 
     /// One modality's user ++ item embeddings of the item–item view.

@@ -428,7 +428,7 @@ fn encoder_ops_match_the_cpu() {
     let bias = data(n, 22);
     for m in [1, 3, 70] {
         let x = data(m * k, 23 + m as u64);
-        for act in [Act::None, Act::Gelu] {
+        for act in [Act::None, Act::Gelu, Act::QuickGelu] {
             let run = |dev: &Device| {
                 let layer = PackedLinear::new(&w, bias.clone(), k, n, dev).unwrap();
                 vec2(encoder::dense(t2(&x, [m, k], dev), &layer, act))
@@ -475,15 +475,18 @@ fn encoder_ops_match_the_cpu() {
     let r = data(5 * d, 42);
     let g = data(d, 43);
     let bt = data(d, 44);
-    let run = |dev: &Device| {
-        let t1 = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [d]), dev);
-        vec2(encoder::add_layer_norm(
-            t2(&x, [5, d], dev),
-            t2(&r, [5, d], dev),
-            &t1(&g),
-            &t1(&bt),
-            1e-12,
-        ))
-    };
-    assert_close(&run(&gpu), &run(&cpu), 1e-5, 1e-5, "add_layer_norm");
+    for residual in [true, false] {
+        let run = |dev: &Device| {
+            let t1 = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [d]), dev);
+            vec2(encoder::add_layer_norm(
+                t2(&x, [5, d], dev),
+                residual.then(|| t2(&r, [5, d], dev)),
+                &t1(&g),
+                &t1(&bt),
+                1e-12,
+            ))
+        };
+        let what = format!("add_layer_norm residual={residual}");
+        assert_close(&run(&gpu), &run(&cpu), 1e-5, 1e-5, &what);
+    }
 }

@@ -632,17 +632,19 @@ unsafe fn head_any(
     }
 }
 
-/// `LayerNorm(x + residual)` over rows of `hidden` (biased variance, as `torch.nn.LayerNorm`).
+/// `LayerNorm(x + residual)` over rows of `hidden` (biased variance, as `torch.nn.LayerNorm`);
+/// `LayerNorm(x)` without a residual.
 pub fn add_layer_norm(
     isa: Isa,
     x: &[f32],
-    residual: &[f32],
+    residual: Option<&[f32]>,
     gamma: &[f32],
     beta: &[f32],
     eps: f32,
 ) -> Vec<f32> {
     let h = gamma.len();
-    assert!(x.len() == residual.len() && x.len().is_multiple_of(h) && beta.len() == h);
+    assert!(residual.is_none_or(|r| r.len() == x.len()));
+    assert!(x.len().is_multiple_of(h) && beta.len() == h);
     let mut out = vec![0f32; x.len()];
     let rows = x.len() / h;
     let pool = pool();
@@ -655,7 +657,8 @@ pub fn add_layer_norm(
         for r in share(rows, parts, t) {
             // SAFETY: row r belongs to this thread only.
             let dst = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r * h), h) };
-            let (xs, rs) = (&x[r * h..(r + 1) * h], &residual[r * h..(r + 1) * h]);
+            let xs = &x[r * h..(r + 1) * h];
+            let rs = residual.map(|res| &res[r * h..(r + 1) * h]);
             norm_row(isa, xs, rs, gamma, beta, eps, dst);
         }
     };
@@ -667,7 +670,15 @@ pub fn add_layer_norm(
     out
 }
 
-fn norm_row(isa: Isa, x: &[f32], r: &[f32], g: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+fn norm_row(
+    isa: Isa,
+    x: &[f32],
+    r: Option<&[f32]>,
+    g: &[f32],
+    b: &[f32],
+    eps: f32,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
         // SAFETY: AVX2 and FMA are present whenever the ISA is not scalar.
@@ -679,7 +690,7 @@ fn norm_row(isa: Isa, x: &[f32], r: &[f32], g: &[f32], b: &[f32], eps: f32, out:
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn norm_row_avx2(x: &[f32], r: &[f32], g: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+fn norm_row_avx2(x: &[f32], r: Option<&[f32]>, g: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
     norm_row_generic(x, r, g, b, eps, out)
 }
 
@@ -701,10 +712,15 @@ fn lane_sum(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 }
 
 #[inline(always)]
-fn norm_row_generic(x: &[f32], r: &[f32], g: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+fn norm_row_generic(x: &[f32], r: Option<&[f32]>, g: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
     let n = x.len() as f32;
-    for ((o, &a), &c) in out.iter_mut().zip(x).zip(r) {
-        *o = a + c;
+    match r {
+        Some(r) => {
+            for ((o, &a), &c) in out.iter_mut().zip(x).zip(r) {
+                *o = a + c;
+            }
+        }
+        None => out.copy_from_slice(x),
     }
     let mean = lane_sum(out, |v| v) / n;
     let var = lane_sum(out, |v| (v - mean) * (v - mean)) / n;
@@ -804,20 +820,26 @@ mod tests {
     fn layer_norm_matches_the_formula() {
         let (rows, h) = (37, 384);
         let (x, r, g, b) = (data(rows * h, 1), data(rows * h, 2), data(h, 3), data(h, 4));
+        let zero = vec![0f32; rows * h];
         for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
-            let got = add_layer_norm(isa, &x, &r, &g, &b, 1e-12);
-            for row in 0..rows {
-                let v: Vec<f64> = (0..h)
-                    .map(|j| (x[row * h + j] + r[row * h + j]) as f64)
-                    .collect();
-                let mean = v.iter().sum::<f64>() / h as f64;
-                let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / h as f64;
-                for j in 0..h {
-                    let want = (v[j] - mean) / (var + 1e-12).sqrt() * g[j] as f64 + b[j] as f64;
-                    let gotv = got[row * h + j] as f64;
-                    assert!((gotv - want).abs() < 1e-5, "{isa:?} row {row} col {j}");
+            for residual in [Some(&r[..]), None] {
+                let got = add_layer_norm(isa, &x, residual, &g, &b, 1e-12);
+                for row in 0..rows {
+                    let v: Vec<f64> = (0..h)
+                        .map(|j| (x[row * h + j] + residual.map_or(0.0, |r| r[row * h + j])) as f64)
+                        .collect();
+                    let mean = v.iter().sum::<f64>() / h as f64;
+                    let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / h as f64;
+                    for j in 0..h {
+                        let want = (v[j] - mean) / (var + 1e-12).sqrt() * g[j] as f64 + b[j] as f64;
+                        let gotv = got[row * h + j] as f64;
+                        assert!((gotv - want).abs() < 1e-5, "{isa:?} row {row} col {j}");
+                    }
                 }
             }
+            // No residual is bit-identical to a zero one.
+            let none = add_layer_norm(isa, &x, None, &g, &b, 1e-12);
+            assert_eq!(none, add_layer_norm(isa, &x, Some(&zero), &g, &b, 1e-12));
         }
     }
 }

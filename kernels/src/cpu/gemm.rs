@@ -27,6 +27,8 @@ pub enum Act {
     None,
     /// Exact (erf) GELU, as `torch.nn.functional.gelu`.
     Gelu,
+    /// CLIP's QuickGELU, `x · σ(1.702 x)`.
+    QuickGelu,
 }
 
 /// Floats in a packed `[k, n]` matrix.
@@ -79,22 +81,56 @@ fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// GELU over a slice, vectorized by the compiler for the active ISA.
-pub fn gelu_slice(isa: Isa, x: &mut [f32]) {
+/// `e^x` for `x` in [-87, 88] (clamped there), Cephes' `expf`: `x = n ln 2 + r`, a degree-7
+/// polynomial in `r`, scaled by `2^n` through the exponent bits. About 1 ulp; branch-free, so
+/// that loops over it vectorize.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // Round to nearest by the 1.5 · 2^23 trick (|x · log2 e| < 2^22).
+    const MAGIC: f32 = 12_582_912.0;
+    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let r = n.mul_add(-0.693_359_4, x);
+    let r = n.mul_add(2.121_944_4e-4, r);
+    let mut p = r.mul_add(1.987_569_1e-4, 1.398_2e-3);
+    p = r.mul_add(p, 8.333_452e-3);
+    p = r.mul_add(p, 4.166_579_6e-2);
+    p = r.mul_add(p, 1.666_666_5e-1);
+    p = r.mul_add(p, 5.000_000_1e-1);
+    let y = (r * r).mul_add(p, r) + 1.0;
+    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+#[inline(always)]
+fn quick_gelu(x: f32) -> f32 {
+    x / (1.0 + exp(-1.702 * x))
+}
+
+/// `act` over a slice, vectorized by the compiler for the active ISA.
+pub fn act_slice(isa: Isa, act: Act, x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
         // SAFETY: `isa` is only non-scalar when the CPU has AVX2 and FMA (`Isa::available`).
-        unsafe { gelu_avx2(x) };
+        unsafe { act_avx2(act, x) };
         return;
     }
     let _ = isa;
-    x.iter_mut().for_each(|v| *v = gelu(*v));
+    act_generic(act, x);
+}
+
+#[inline(always)]
+fn act_generic(act: Act, x: &mut [f32]) {
+    match act {
+        Act::None => {}
+        Act::Gelu => x.iter_mut().for_each(|v| *v = gelu(*v)),
+        Act::QuickGelu => x.iter_mut().for_each(|v| *v = quick_gelu(*v)),
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn gelu_avx2(x: &mut [f32]) {
-    x.iter_mut().for_each(|v| *v = gelu(*v));
+fn act_avx2(act: Act, x: &mut [f32]) {
+    act_generic(act, x);
 }
 
 /// The reference: `y = x · B + bias` (then `act`), plain loops over the unpacked `b[k, n]`.
@@ -115,7 +151,12 @@ pub fn gemm_ref(
                 s += x[i * k + kk] * b[kk * n + j];
             }
             let v = s + bias[j];
-            y[i * n + j] = if act == Act::Gelu { gelu(v) } else { v };
+            y[i * n + j] = match act {
+                Act::None => v,
+                Act::Gelu => gelu(v),
+                // In f64 with std's `exp`, independent of the kernels' polynomial.
+                Act::QuickGelu => (f64::from(v) / (1.0 + (-1.702 * f64::from(v)).exp())) as f32,
+            };
         }
     }
     y
@@ -247,12 +288,12 @@ unsafe fn gemm_part(
         }
         k0 += kc;
     }
-    if act == Act::Gelu {
+    if act != Act::None {
         for i in rows {
             // SAFETY: as for the bias.
             let row =
                 unsafe { std::slice::from_raw_parts_mut(y.add(i * n + col_lo), col_hi - col_lo) };
-            gelu_slice(isa, row);
+            act_slice(isa, act, row);
         }
     }
 }
@@ -516,6 +557,28 @@ mod tests {
     }
 
     #[test]
+    fn exp_and_quick_gelu_are_accurate() {
+        for i in -8700..=8800 {
+            let x = i as f32 / 100.0;
+            let want = (x as f64).exp();
+            assert!(
+                ((exp(x) as f64 - want) / want).abs() < 2.5e-7,
+                "exp({x}): {} vs {want}",
+                exp(x)
+            );
+            let q = x as f64 / (1.0 + (-1.702 * x as f64).exp());
+            assert!(
+                (quick_gelu(x) as f64 - q).abs() < 5e-7 * (1.0 + q.abs()),
+                "quick_gelu({x}): {} vs {q}",
+                quick_gelu(x)
+            );
+        }
+        assert!(quick_gelu(-1000.0).abs() < 1e-30);
+        assert_eq!(quick_gelu(1000.0), 1000.0);
+        assert!(exp(f32::NEG_INFINITY) > 0.0 && exp(f32::INFINITY).is_finite());
+    }
+
+    #[test]
     fn gemm_matches_the_reference_on_every_isa() {
         for &(m, k, n) in &[
             (1, 1, 1),
@@ -530,7 +593,7 @@ mod tests {
             let b = data(k * n, 2);
             let bias = data(n, 3);
             let packed = pack_b(&b, k, n);
-            for act in [Act::None, Act::Gelu] {
+            for act in [Act::None, Act::Gelu, Act::QuickGelu] {
                 let want = gemm_ref(&x, m, k, &b, n, &bias, act);
                 for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
                     let got = gemm(isa, &x, m, k, &packed, n, &bias, act);

@@ -16,6 +16,7 @@ use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 use kiln_quant::GgmlType;
 
 use super::EncoderOps;
+use crate::cpu::gemm::Act;
 use crate::cube_util::{tree_sum, upload_u32};
 use crate::nn::cube::{accumulate_v, softmax_tile};
 use crate::qmatmul::cube::launch_qmatmul;
@@ -46,16 +47,28 @@ fn erf(x: f32) -> f32 {
     out
 }
 
-/// `y[i] += bias[i % n]`, then GELU when `gelu`.
+/// `act` as a comptime code for [`bias_act_kernel`].
+fn act_code(act: Act) -> u32 {
+    match act {
+        Act::None => 0,
+        Act::Gelu => 1,
+        Act::QuickGelu => 2,
+    }
+}
+
+/// `y[i] += bias[i % n]`, then the activation `act` ([`act_code`]).
 #[cube(launch_unchecked)]
-fn bias_act_kernel(y: &mut [f32], bias: &[f32], n: usize, total: usize, #[comptime] gelu: bool) {
+fn bias_act_kernel(y: &mut [f32], bias: &[f32], n: usize, total: usize, #[comptime] act: u32) {
     let i = ABSOLUTE_POS;
     if i >= total {
         terminate!();
     }
     let mut v = y[i] + bias[i % n];
-    if comptime!(gelu) {
+    if comptime!(act == 1) {
         v = 0.5f32 * v * (1.0f32 + erf(v * 0.707_106_77f32));
+    }
+    if comptime!(act == 2) {
+        v /= 1.0f32 + f32::exp(-1.702f32 * v);
     }
     y[i] = v;
 }
@@ -143,6 +156,7 @@ fn add_layer_norm_kernel(
     out: &mut [f32],
     d: usize,
     eps: f32,
+    #[comptime] has_res: bool,
 ) {
     let base = CUBE_POS * d;
     let u = UNIT_POS as usize;
@@ -150,7 +164,10 @@ fn add_layer_norm_kernel(
     let mut s = 0.0f32;
     let mut j = u;
     while j < d {
-        let v = x[base + j] + res[base + j];
+        let mut v = x[base + j];
+        if comptime!(has_res) {
+            v += res[base + j];
+        }
         out[base + j] = v;
         s += v;
         j += 64usize;
@@ -187,7 +204,7 @@ impl EncoderOps for CubeBackend {
         bias: FloatTensor<Self>,
         k: usize,
         n: usize,
-        gelu: bool,
+        act: Act,
     ) -> FloatTensor<Self> {
         // The weight's f32 bits, read as the F32 "blocks" of the quantized matmul.
         let mut words = into_contiguous(packed);
@@ -209,7 +226,7 @@ impl EncoderOps for CubeBackend {
                 bias.into_buffer_arg(),
                 n,
                 total,
-                gelu,
+                act_code(act),
             );
         }
         y
@@ -256,29 +273,51 @@ impl EncoderOps for CubeBackend {
         beta: FloatTensor<Self>,
         eps: f32,
     ) -> FloatTensor<Self> {
-        let x = into_contiguous(x);
-        let r = into_contiguous(residual);
-        let (g, b) = (into_contiguous(gamma), into_contiguous(beta));
-        let shape = x.meta.shape().clone();
-        let d = g.meta.shape().num_elements();
-        let rows = shape.num_elements() / d;
-        let out = empty_like(&x, shape);
-        let client = x.client.clone();
-        // SAFETY: one cube per row; units touch indices below `rows · d` and `d`.
-        unsafe {
-            add_layer_norm_kernel::launch_unchecked(
-                &client,
-                CubeCount::new_1d(rows as u32),
-                CubeDim::new_1d(64),
-                x.into_buffer_arg(),
-                r.into_buffer_arg(),
-                g.into_buffer_arg(),
-                b.into_buffer_arg(),
-                out.clone().into_buffer_arg(),
-                d,
-                eps,
-            );
-        }
-        out
+        norm(x, Some(residual), gamma, beta, eps)
     }
+
+    fn layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        norm(x, None, gamma, beta, eps)
+    }
+}
+
+fn norm(
+    x: CubeTensor,
+    residual: Option<CubeTensor>,
+    gamma: CubeTensor,
+    beta: CubeTensor,
+    eps: f32,
+) -> CubeTensor {
+    let x = into_contiguous(x);
+    let has_res = residual.is_some();
+    // Without a residual the kernel never reads `res`; `x` is bound in its place.
+    let r = residual.map_or_else(|| x.clone(), into_contiguous);
+    let (g, b) = (into_contiguous(gamma), into_contiguous(beta));
+    let shape = x.meta.shape().clone();
+    let d = g.meta.shape().num_elements();
+    let rows = shape.num_elements() / d;
+    let out = empty_like(&x, shape);
+    let client = x.client.clone();
+    // SAFETY: one cube per row; units touch indices below `rows · d` and `d`.
+    unsafe {
+        add_layer_norm_kernel::launch_unchecked(
+            &client,
+            CubeCount::new_1d(rows as u32),
+            CubeDim::new_1d(64),
+            x.into_buffer_arg(),
+            r.into_buffer_arg(),
+            g.into_buffer_arg(),
+            b.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            d,
+            eps,
+            has_res,
+        );
+    }
+    out
 }

@@ -19,7 +19,7 @@ impl EncoderOps for Flex {
         bias: FloatTensor<Self>,
         k: usize,
         n: usize,
-        gelu: bool,
+        act: Act,
     ) -> FloatTensor<Self> {
         let (x, packed, bias) = (
             x.to_contiguous(),
@@ -28,7 +28,6 @@ impl EncoderOps for Flex {
         );
         let x = floats(&x);
         let m = x.len() / k;
-        let act = if gelu { Act::Gelu } else { Act::None };
         let y = gemm::gemm(
             active_isa(),
             x,
@@ -68,18 +67,37 @@ impl EncoderOps for Flex {
         beta: FloatTensor<Self>,
         eps: f32,
     ) -> FloatTensor<Self> {
-        let (x, r) = (x.to_contiguous(), residual.to_contiguous());
-        let (g, b) = (gamma.to_contiguous(), beta.to_contiguous());
-        let shape = x.layout().shape().clone();
-        let y = encoder::add_layer_norm(
-            active_isa(),
-            floats(&x),
-            floats(&r),
-            floats(&g),
-            floats(&b),
-            eps,
-        );
-        let dims: Vec<usize> = shape.iter().copied().collect();
-        FlexTensor::from_data(TensorData::new(y, dims))
+        norm(x, Some(residual), gamma, beta, eps)
     }
+
+    fn layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        norm(x, None, gamma, beta, eps)
+    }
+}
+
+fn norm(
+    x: FlexTensor,
+    residual: Option<FlexTensor>,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    eps: f32,
+) -> FlexTensor {
+    let (x, r) = (x.to_contiguous(), residual.map(|r| r.to_contiguous()));
+    let (g, b) = (gamma.to_contiguous(), beta.to_contiguous());
+    let shape = x.layout().shape().clone();
+    let y = encoder::add_layer_norm(
+        active_isa(),
+        floats(&x),
+        r.as_ref().map(floats),
+        floats(&g),
+        floats(&b),
+        eps,
+    );
+    let dims: Vec<usize> = shape.iter().copied().collect();
+    FlexTensor::from_data(TensorData::new(y, dims))
 }

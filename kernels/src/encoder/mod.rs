@@ -17,7 +17,7 @@ use crate::{BackendKind, KernelError, Result};
 
 #[backend_extension(Cube: cfg(any(feature = "wgpu", feature = "cuda")), Flex)]
 pub trait EncoderOps: Backend {
-    /// `x[m, k] · W + bias` (then GELU), `W` `[k, n]` as [`PackedLinear::new`] lays it out for
+    /// `x[m, k] · W + bias`, then `act`; `W` `[k, n]` as [`PackedLinear::new`] lays it out for
     /// the backend (Flex: [`gemm::pack_b`]; Cube: `[n, k]` row-major).
     fn dense(
         x: FloatTensor<Self>,
@@ -25,7 +25,7 @@ pub trait EncoderOps: Backend {
         bias: FloatTensor<Self>,
         k: usize,
         n: usize,
-        gelu: bool,
+        act: Act,
     ) -> FloatTensor<Self>;
 
     /// `[batch·seq, 3·heads·head_dim]` fused QKV rows → `[batch·seq, heads·head_dim]` context.
@@ -41,6 +41,15 @@ pub trait EncoderOps: Backend {
     fn add_layer_norm(
         x: FloatTensor<Self>,
         residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self>;
+
+    /// `LayerNorm(x)` over the last dimension. (A separate op: burn 0.22.1's extension macro
+    /// does not hand an `Option` tensor through to the backends.)
+    fn layer_norm(
+        x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         eps: f32,
@@ -108,7 +117,7 @@ pub fn dense(x: Tensor<2>, layer: &PackedLinear, act: Act) -> Tensor<2> {
         layer.bias.clone().into_dispatch(),
         layer.k,
         layer.n,
-        act == Act::Gelu,
+        act,
     ))
 }
 
@@ -130,19 +139,23 @@ pub fn self_attention(
     ))
 }
 
-/// `LayerNorm(x + residual)` over rows.
+/// `LayerNorm(x + residual)` over rows; `LayerNorm(x)` when `residual` is `None`.
 pub fn add_layer_norm(
     x: Tensor<2>,
-    residual: Tensor<2>,
+    residual: Option<Tensor<2>>,
     gamma: &Tensor<1>,
     beta: &Tensor<1>,
     eps: f32,
 ) -> Tensor<2> {
-    Tensor::from_dispatch(<Dispatch as EncoderOps>::add_layer_norm(
-        x.into_dispatch(),
-        residual.into_dispatch(),
-        gamma.clone().into_dispatch(),
-        beta.clone().into_dispatch(),
-        eps,
-    ))
+    let (gamma, beta) = (gamma.clone().into_dispatch(), beta.clone().into_dispatch());
+    Tensor::from_dispatch(match residual {
+        Some(r) => <Dispatch as EncoderOps>::add_layer_norm(
+            x.into_dispatch(),
+            r.into_dispatch(),
+            gamma,
+            beta,
+            eps,
+        ),
+        None => <Dispatch as EncoderOps>::layer_norm(x.into_dispatch(), gamma, beta, eps),
+    })
 }
