@@ -11,6 +11,7 @@ use kiln_runtime::{RuntimeError, probe_devices};
 
 mod cli_cope;
 mod cli_embed;
+mod cli_images;
 mod cli_interbert;
 mod cli_llm;
 mod cli_mambarec;
@@ -116,6 +117,8 @@ enum BenchCommand {
     Cope(cli_cope::BenchCopeArgs),
     /// MambaRec: load time (weights, graphs) and full-forward time.
     Mambarec(cli_mambarec::BenchMambaRecArgs),
+    /// Image preprocessing (decode, orient, resize, crop, normalize): images/s per thread count.
+    Images(cli_images::BenchImagesArgs),
 }
 
 fn main() -> ExitCode {
@@ -149,6 +152,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Bench {
             what: BenchCommand::Cope(args),
         } => cli_cope::bench(args)?,
+        Command::Bench {
+            what: BenchCommand::Images(args),
+        } => cli_images::bench(args)?,
         Command::Recommend(args) => cli_mambarec::recommend(args)?,
         Command::Embed(args) => cli_embed::embed(args)?,
         Command::Tradeoffs(args) => cli_tradeoffs::tradeoffs(args)?,

@@ -1119,3 +1119,44 @@ mod cope {
         assert_eq!(zero.status.code(), Some(2));
     }
 }
+
+/// `kiln bench images` on the committed test images (and the bad ones, counted, not fatal).
+#[test]
+fn bench_images_reports_each_thread_count() {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/images");
+    let (inputs, bad) = (format!("{data}/inputs"), format!("{data}/bad"));
+    let out = kiln(&[
+        "bench", "images", "-i", &inputs, &bad, "--spec", "clip:64", "-t", "1,2", "-r", "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    let bad_files = std::fs::read_dir(&bad).unwrap().count();
+    for (row, threads) in rows.iter().zip([1, 2]) {
+        assert_eq!(row["threads"], threads);
+        assert_eq!(row["images"].as_u64().unwrap() as usize, 24 + bad_files);
+        assert_eq!(row["failed"].as_u64().unwrap() as usize, bad_files);
+        assert_eq!(row["images_per_second"].as_array().unwrap().len(), 2);
+        assert!(row["median_megapixels_per_second"].as_f64().unwrap() > 0.0);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("decompression bomb"), "{stderr}");
+    for args in [
+        vec!["bench", "images", "-i", &inputs, "--spec", "vit"],
+        vec!["bench", "images", "-i", &inputs, "-t", "0"],
+        vec!["bench", "images", "-i", "/nonexistent.png"],
+        vec!["bench", "images", "-i", &data], // a directory without images
+    ] {
+        let out = kiln(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    }
+}

@@ -58,16 +58,13 @@ fn preprocessing_matches_pil_on_the_committed_images() {
             let got = image::resize_crop(&rgb, &spec).unwrap();
             let want = reference(kind, name);
             let (max, mean) = diff(&got, &want);
-            // Lossless inputs differ only by the resampler's rounding; JPEG and lossy WebP
-            // also by the decoders (libjpeg-turbo / libwebp in PIL, zune-jpeg / image-webp here).
+            // Lossless inputs differ only by the resampler's rounding: `fast_image_resize` holds
+            // its coefficients as i16, Pillow with 22 fraction bits in i32, so a pixel can land
+            // one level apart. The passes run in Pillow's order (`image::resize_crop`); in the
+            // other order bicubic edges were up to 5 levels off here. JPEG and lossy WebP also
+            // differ by the decoders (libjpeg-turbo / libwebp in PIL, zune-jpeg / image-webp).
             let lossless = name.ends_with(".png") || name.contains("lossless");
-            // Bicubic differs more at sharp edges (PIL rounds its coefficients differently).
-            let max_ok = match (spec.filter, lossless) {
-                (image::Filter::Bilinear, true) => 1,
-                (image::Filter::Bilinear, false) => 6,
-                (image::Filter::Bicubic, _) => 8,
-            };
-            let mean_ok = 0.4;
+            let (max_ok, mean_ok) = if lossless { (1, 0.01) } else { (4, 0.35) };
             eprintln!("{kind} {name}: max {max} levels, mean {mean:.4}");
             assert!(
                 max <= max_ok && mean <= mean_ok,
