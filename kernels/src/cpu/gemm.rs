@@ -1,5 +1,6 @@
 //! f32 matrix products for dense layers: `y[m, n] = x[m, k] · B[k, n] + bias`, optionally
-//! followed by GELU, with `B` packed once at load into panels of [`NR`] columns.
+//! followed by GELU or QuickGELU ([`Act`]), with `B` packed once at load into panels of [`NR`]
+//! columns.
 //!
 //! Blocking as in GotoBLAS / BLIS: `k` in slabs of [`KC`] (a panel slab, `KC × NR`, stays in L1),
 //! rows in blocks of [`MC`] (an `MC × KC` block of `x` stays in L2), an `MR × NR` register tile

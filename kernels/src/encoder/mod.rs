@@ -1,5 +1,6 @@
-//! The BERT encoder's ops on the CPU: dense layers on packed f32 weights (bias and GELU fused),
-//! masked multi-head self-attention straight from the fused QKV rows, and residual + LayerNorm.
+//! The encoders' ops (BERT, InterBERT, COPE, MambaRec's LayerNorm): dense layers on packed f32
+//! weights (bias and GELU or QuickGELU fused), masked multi-head self-attention straight from the
+//! fused QKV rows, and LayerNorm with or without a residual added first.
 //!
 //! CPU (Flex): [`crate::cpu::gemm`], [`crate::cpu::encoder`]. Cube (wgpu, CUDA): `cube.rs`,
 //! tested against the CPU.
