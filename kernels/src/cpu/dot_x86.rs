@@ -786,43 +786,122 @@ macro_rules! x86_dots {
                 s
             }
 
-            /// One f16 weight row against `R` f16 activation rows: each weight chunk is
-            /// converted once. Per row, the same operations in the same order as [`f16`].
+            /// One f16 weight row against `R` f16 activation rows: [`f16_tile`] with `W = 1`.
             ///
             /// # Safety
             /// As [`f16`], for every row of `a`.
             #[target_feature(enable = $features)]
             pub unsafe fn f16_rows<const R: usize>(k: usize, w: &[u8], a: &[&[u8]; R]) -> [f32; R] {
-                assert!(w.len() >= 2 * k && a.iter().all(|a| a.len() >= 2 * k));
-                let mut acc = [[_mm256_setzero_ps(); 4]; R];
-                let wp = w.as_ptr() as *const __m128i;
+                // SAFETY: the caller's guarantees.
+                unsafe { f16_tile::<1, R>(k, &[w], a)[0] }
+            }
+
+            /// `W` f16 weight rows against `R` f16 activation rows. Per output, the same
+            /// operations in the same order as [`f16`]: its four lane accumulators, each summed
+            /// over the 32-value steps in order, then added pairwise, then the tail. The
+            /// accumulators are taken one at a time (`c` outer; two at a time in 512-bit
+            /// registers), so that only a group of weight rows × `R` of them are live and every
+            /// converted chunk feeds several products.
+            ///
+            /// # Safety
+            /// As [`f16`], for every row of `w` and `a`.
+            #[target_feature(enable = $features)]
+            #[allow(unused_unsafe)]
+            pub unsafe fn f16_tile<const W: usize, const R: usize>(
+                k: usize,
+                w: &[&[u8]; W],
+                a: &[&[u8]; R],
+            ) -> [[f32; R]; W] {
+                assert!(w.iter().all(|w| w.len() >= 2 * k) && a.iter().all(|a| a.len() >= 2 * k));
                 let full = k / 32;
-                // SAFETY: 32 values (64 bytes) per step, `full` steps are in bounds.
-                unsafe {
-                    for i in 0..full {
+                let mut lanes = [[[_mm256_setzero_ps(); 4]; R]; W];
+                if $vnni {
+                    // A 512-bit register holds accumulators c and c + 1 (two adjacent 16-byte
+                    // chunks of a step): each FMA is `f16`'s two 8-lane FMAs at once.
+                    for q0 in (0..W).step_by(4) {
+                        let g = 4.min(W - q0);
+                        for c in [0, 2] {
+                            // SAFETY: only reached in the module compiled with avx512f; 32
+                            // values (64 bytes) per step, `full` steps are in bounds of every row.
+                            unsafe {
+                                let mut acc = [[_mm512_setzero_ps(); R]; 4];
+                                for i in 0..full {
+                                    let y: [__m512; R] = std::array::from_fn(|r| {
+                                        let ap = a[r].as_ptr().add(64 * i + 16 * c);
+                                        _mm512_cvtph_ps(_mm256_loadu_si256(ap as *const __m256i))
+                                    });
+                                    for (q, acc) in acc.iter_mut().enumerate().take(g) {
+                                        let wp = w[q0 + q].as_ptr().add(64 * i + 16 * c);
+                                        let x = _mm512_cvtph_ps(_mm256_loadu_si256(
+                                            wp as *const __m256i,
+                                        ));
+                                        for r in 0..R {
+                                            acc[r] = _mm512_fmadd_ps(x, y[r], acc[r]);
+                                        }
+                                    }
+                                }
+                                for q in 0..g {
+                                    for r in 0..R {
+                                        let v = acc[q][r];
+                                        lanes[q0 + q][r][c] = _mm512_castps512_ps256(v);
+                                        lanes[q0 + q][r][c + 1] = _mm256_castpd_ps(
+                                            _mm512_extractf64x4_pd(_mm512_castps_pd(v), 1),
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    // AVX2's 16 registers: 2 weight rows × R activation rows, one accumulator
+                    // (c) at a time.
+                    for q0 in (0..W).step_by(2) {
+                        let g = 2.min(W - q0);
                         for c in 0..4 {
-                            let x = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(4 * i + c)));
-                            for r in 0..R {
-                                let ap = a[r].as_ptr() as *const __m128i;
-                                let y = _mm256_cvtph_ps(_mm_loadu_si128(ap.add(4 * i + c)));
-                                acc[r][c] = _mm256_fmadd_ps(x, y, acc[r][c]);
+                            let mut acc = [[_mm256_setzero_ps(); R]; 2];
+                            // SAFETY: 32 values (64 bytes) per step, `full` steps are in bounds
+                            // of every row.
+                            unsafe {
+                                for i in 0..full {
+                                    let y: [__m256; R] = std::array::from_fn(|r| {
+                                        let ap = a[r].as_ptr() as *const __m128i;
+                                        _mm256_cvtph_ps(_mm_loadu_si128(ap.add(4 * i + c)))
+                                    });
+                                    for (q, acc) in acc.iter_mut().enumerate().take(g) {
+                                        let wp = w[q0 + q].as_ptr() as *const __m128i;
+                                        let x = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(4 * i + c)));
+                                        for r in 0..R {
+                                            acc[r] = _mm256_fmadd_ps(x, y[r], acc[r]);
+                                        }
+                                    }
+                                }
+                            }
+                            for q in 0..g {
+                                for r in 0..R {
+                                    lanes[q0 + q][r][c] = acc[q][r];
+                                }
                             }
                         }
                     }
                 }
-                let mut out = [0.0f32; R];
-                for r in 0..R {
-                    let acc = &acc[r];
-                    let sum =
-                        _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-                    let mut s = hsum_f32_8(sum);
-                    for i in 32 * full..k {
-                        // SAFETY: i < k.
-                        unsafe {
-                            s += f16_at(w.as_ptr().add(2 * i)) * f16_at(a[r].as_ptr().add(2 * i))
-                        };
+                let mut out = [[0.0f32; R]; W];
+                for q in 0..W {
+                    for r in 0..R {
+                        let acc = &lanes[q][r];
+                        let sum = _mm256_add_ps(
+                            _mm256_add_ps(acc[0], acc[1]),
+                            _mm256_add_ps(acc[2], acc[3]),
+                        );
+                        let mut s = hsum_f32_8(sum);
+                        for i in 32 * full..k {
+                            // SAFETY: i < k.
+                            unsafe {
+                                s += f16_at(w[q].as_ptr().add(2 * i))
+                                    * f16_at(a[r].as_ptr().add(2 * i))
+                            };
+                        }
+                        out[q][r] = s;
                     }
-                    out[r] = s;
                 }
                 out
             }

@@ -223,6 +223,7 @@ pub fn dot_tile_fn(isa: Isa, ty: GgmlType) -> Option<DotTileFn> {
             GgmlType::Q4_0 => Some(safe_x86::avx2::q4_0_tile),
             GgmlType::Q4_1 => Some(safe_x86::avx2::q4_1_tile),
             GgmlType::Q8_0 => Some(safe_x86::avx2::q8_0_tile),
+            GgmlType::F16 => Some(safe_x86::avx2::f16_tile),
             _ => None,
         },
         #[cfg(target_arch = "x86_64")]
@@ -230,6 +231,7 @@ pub fn dot_tile_fn(isa: Isa, ty: GgmlType) -> Option<DotTileFn> {
             GgmlType::Q4_0 => Some(safe_x86::avx512vnni::q4_0_tile),
             GgmlType::Q4_1 => Some(safe_x86::avx512vnni::q4_1_tile),
             GgmlType::Q8_0 => Some(safe_x86::avx512vnni::q8_0_tile),
+            GgmlType::F16 => Some(safe_x86::avx512vnni::f16_tile),
             _ => None,
         },
         _ => None,
@@ -272,12 +274,12 @@ mod safe_x86 {
     pub mod avx2 {
         wrap!(@fns avx2: f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k);
         wrap_rows!(avx2: f16_rows, q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, q4_k_rows, q5_k_rows, q6_k_rows);
-        wrap_tile!(avx2: q4_0_tile, q4_1_tile, q8_0_tile);
+        wrap_tile!(avx2: q4_0_tile, q4_1_tile, q8_0_tile, f16_tile);
     }
     pub mod avx512vnni {
         wrap!(@fns avx512vnni: f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k);
         wrap_rows!(avx512vnni: f16_rows, q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, q4_k_rows, q5_k_rows, q6_k_rows);
-        wrap_tile!(avx512vnni: q4_0_tile, q4_1_tile, q8_0_tile);
+        wrap_tile!(avx512vnni: q4_0_tile, q4_1_tile, q8_0_tile, f16_tile);
     }
 }
 
@@ -547,6 +549,31 @@ mod tests {
                             isa.name()
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// Batches go through the tile and multi-row kernels, single rows through the one-row dot:
+    /// a row's outputs are the same bits either way (and so do not depend on the batch).
+    #[test]
+    fn batched_rows_are_bit_identical_to_rows_alone() {
+        for &ty in MATMUL_TYPES {
+            let kb = ty.block_size().max(32);
+            // n = 9: two 4-row weight tiles and a leftover row; m = 11: two groups of 4 and 3.
+            let (m, n, k) = (11, 9, kb * 3 + if ty.block_size() == 1 { 5 } else { 0 });
+            let w = kiln_quant::blocks::quantize_to_vec(ty, &data(n * k, 5)).unwrap();
+            let x = data(m * k, 6);
+            for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+                let batch = qmatmul(isa, ty, &w, n, k, &x, m);
+                for i in 0..m {
+                    let alone = qmatmul(isa, ty, &w, n, k, &x[i * k..(i + 1) * k], 1);
+                    assert_eq!(
+                        alone,
+                        batch[i * n..(i + 1) * n],
+                        "{ty} {} row {i}",
+                        isa.name()
+                    );
                 }
             }
         }
