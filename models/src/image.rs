@@ -12,6 +12,7 @@
 //! a header announcing more pixels than [`Limits`] allows (a decompression bomb) is an
 //! [`ImageError`] for that item; [`preprocess_batch`] goes on with the others.
 
+use std::borrow::Cow;
 use std::io::Cursor;
 
 use fast_image_resize::images::{Image as FirImage, ImageRef};
@@ -200,6 +201,15 @@ pub fn decode_rgb(bytes: &[u8], limits: &Limits) -> Result<RgbImage, ImageError>
     })
 }
 
+/// Width and height from the file's header, without decoding it (`None`: not a readable image).
+pub fn dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()
+}
+
 fn decode_error(e: image::ImageError) -> ImageError {
     ImageError::Decode(e.to_string())
 }
@@ -227,33 +237,33 @@ pub fn resize_crop(rgb: &RgbImage, spec: &ImageSpec) -> Result<RgbImage, ImageEr
     // vertically first. So the passes are asked for one at a time, in Pillow's order.
     let (dw, dh) = (i64::from(w) - i64::from(rw), i64::from(h) - i64::from(rh));
     let horizontal_first = !(dh > 0 && dh > 2 * dw);
-    let resized = if horizontal_first {
-        let once = resize_pass(rgb.clone(), rw, h, filter)?;
-        resize_pass(once, rw, rh, filter)?
-    } else {
-        let once = resize_pass(rgb.clone(), w, rh, filter)?;
-        resize_pass(once, rw, rh, filter)?
+    let first = if horizontal_first { (rw, h) } else { (w, rh) };
+    let once = resize_pass(rgb, first, filter)?;
+    let twice = resize_pass(once.as_ref().unwrap_or(rgb), (rw, rh), filter)?;
+    // Borrowed when neither pass had work: the decoded image is copied only if it is returned.
+    let resized = match twice.or(once) {
+        Some(img) => Cow::Owned(img),
+        None => Cow::Borrowed(rgb),
     };
     // torchvision `center_crop`: int(round((size - crop) / 2)), Python's round (ties to even).
     let offset = |size: u32, crop: u32| (f64::from(size - crop) / 2.0).round_ties_even() as u32;
     let (left, top) = (offset(rw, cw), offset(rh, ch));
     if (left, top, cw, ch) == (0, 0, rw, rh) {
-        return Ok(resized);
+        return Ok(resized.into_owned());
     }
-    Ok(image::imageops::crop_imm(&resized, left, top, cw, ch).to_image())
+    Ok(image::imageops::crop_imm(resized.as_ref(), left, top, cw, ch).to_image())
 }
 
-/// One convolution pass of `fast_image_resize` (`rgb` and the target differ in one side at
-/// most), or `rgb` itself when the size is already right.
+/// One convolution pass of `fast_image_resize` to `size` (`rgb` and `size` differ in one side
+/// at most); `None` when `rgb` already has that size.
 fn resize_pass(
-    rgb: RgbImage,
-    width: u32,
-    height: u32,
+    rgb: &RgbImage,
+    (width, height): (u32, u32),
     filter: FilterType,
-) -> Result<RgbImage, ImageError> {
+) -> Result<Option<RgbImage>, ImageError> {
     let (w, h) = rgb.dimensions();
     if (w, h) == (width, height) {
-        return Ok(rgb);
+        return Ok(None);
     }
     debug_assert!(w == width || h == height, "one pass changes one side");
     // Borrowed: no copy of the source image.
@@ -268,6 +278,7 @@ fn resize_pass(
         )
         .map_err(|e| ImageError::Decode(e.to_string()))?;
     RgbImage::from_raw(width, height, dst.into_vec())
+        .map(Some)
         .ok_or_else(|| ImageError::Decode("resizer returned a short buffer".into()))
 }
 

@@ -66,14 +66,7 @@ fn check(ty: GgmlType, n: usize, k: usize, bytes: &[u8], what: &str) {
 
 #[test]
 fn repacked_weights_read_as_their_gguf_blocks() {
-    for ty in [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q8_0,
-        GgmlType::Q4_K,
-        GgmlType::Q6_K,
-    ] {
+    for &ty in cpu::x8::TYPES {
         let (n, k) = (40, 2 * ty.block_size().max(64));
         let w = kiln_quant::blocks::quantize_to_vec(ty, &data(n * k, 5)).unwrap();
         check(ty, n, k, &w, "random");

@@ -53,17 +53,19 @@ use super::{ActFormat, Isa, pool};
 /// Rows per interleaved group.
 pub const GROUP: usize = 8;
 
+/// The weight types with an x8 layout and kernels.
+pub const TYPES: &[GgmlType] = &[
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+];
+
 /// Whether weights of `ty` have an x8 layout and kernels.
 pub fn supported(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::Q4_0
-            | GgmlType::Q4_1
-            | GgmlType::Q5_0
-            | GgmlType::Q8_0
-            | GgmlType::Q4_K
-            | GgmlType::Q6_K
-    )
+    TYPES.contains(&ty)
 }
 
 /// Whether an `[n, k]` matrix of `ty` can be repacked: whole groups of rows, whole blocks.
@@ -741,14 +743,7 @@ mod tests {
 
     #[test]
     fn repack_round_trips() {
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q8_0,
-            GgmlType::Q4_K,
-            GgmlType::Q6_K,
-        ] {
+        for &ty in TYPES {
             let (n, k) = (16, 3 * ty.block_size());
             let w = kiln_quant::blocks::quantize_to_vec(ty, &data(n * k, 3)).unwrap();
             let p = repack(ty, &w, n, k);
@@ -768,14 +763,7 @@ mod tests {
     /// Q8_0 within float rounding.
     #[test]
     fn x8_kernels_agree_with_the_gguf_kernels() {
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q8_0,
-            GgmlType::Q4_K,
-            GgmlType::Q6_K,
-        ] {
+        for &ty in TYPES {
             for &(m, n, kb) in &[(1, 8, 1), (1, 24, 3), (3, 16, 2), (5, 8, 5), (21, 40, 3)] {
                 let k = ty.block_size() * kb;
                 let wf = data(n * k, 7 + n as u64);

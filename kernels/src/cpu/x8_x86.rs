@@ -12,6 +12,18 @@ macro_rules! x8_kernels {
 
             use super::super::x8::{ActRow, GROUP};
 
+            /// Each row's eight group outputs, one per lane of its accumulator.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn lanes<const R: usize>(acc: &[__m256; R]) -> [[f32; GROUP]; R] {
+                let mut out = [[0.0f32; GROUP]; R];
+                for (o, a) in out.iter_mut().zip(acc) {
+                    // SAFETY: `o` holds 8 floats.
+                    unsafe { _mm256_storeu_ps(o.as_mut_ptr(), *a) };
+                }
+                out
+            }
+
             /// The four activation bytes at `p` in every 32-bit lane.
             #[inline]
             #[target_feature(enable = $features)]
@@ -158,12 +170,7 @@ macro_rules! x8_kernels {
                         }
                     }
                 }
-                let mut out = [[0.0f32; GROUP]; R];
-                for r in 0..R {
-                    // SAFETY: 8 floats.
-                    unsafe { _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]) };
-                }
-                out
+                lanes(&acc)
             }
 
             /// Q8_0 weights against `R` Q8_0 activation rows.
@@ -220,12 +227,7 @@ macro_rules! x8_kernels {
                         }
                     }
                 }
-                let mut out = [[0.0f32; GROUP]; R];
-                for r in 0..R {
-                    // SAFETY: 8 floats.
-                    unsafe { _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]) };
-                }
-                out
+                lanes(&acc)
             }
 
             /// Q4_K weights (`nb` packed 256-value blocks of one group) against `R` Q8_K
@@ -332,14 +334,7 @@ macro_rules! x8_kernels {
                         }
                     }
                 }
-                let mut out = [[0.0f32; GROUP]; R];
-                for r in 0..R {
-                    // SAFETY: 8 floats.
-                    unsafe {
-                        _mm256_storeu_ps(out[r].as_mut_ptr(), _mm256_add_ps(acc[r], acc_m[r]))
-                    };
-                }
-                out
+                lanes(&std::array::from_fn(|r| _mm256_add_ps(acc[r], acc_m[r])))
             }
 
             /// Q6_K weights (`nb` packed 256-value blocks of one group) against `R` Q8_K
@@ -424,12 +419,7 @@ macro_rules! x8_kernels {
                         }
                     }
                 }
-                let mut out = [[0.0f32; GROUP]; R];
-                for r in 0..R {
-                    // SAFETY: 8 floats.
-                    unsafe { _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]) };
-                }
-                out
+                lanes(&acc)
             }
 
             /// Q4_1 weights against `R` Q8_1 activation rows, in `ggml_vec_dot_q4_1_q8_1`'s
