@@ -13,7 +13,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use kiln_kernels::qmatmul::{self, Reduction};
+use kiln_kernels::qmatmul::{self, CubeKernel, Reduction, Tiling};
 use kiln_kernels::{QTensor, dequant};
 use kiln_quant::GgmlType;
 
@@ -82,9 +82,18 @@ fn bench(c: &mut Criterion) {
             for m in [1usize, 128] {
                 let x = Tensor::<2>::from_data(TensorData::new(data(m * k), [m, k]), &device);
                 g.throughput(Throughput::Elements((n * k * m) as u64));
+                let fast = CubeKernel::fast(reduction, Tiling::Auto);
                 g.bench_with_input(BenchmarkId::new("kiln_fused", m), &m, |b, _| {
                     b.iter(|| {
-                        let y = qmatmul::qmatmul_with(x.clone(), &w, reduction).unwrap();
+                        let y = qmatmul::qmatmul_with(x.clone(), &w, fast).unwrap();
+                        device.sync().unwrap();
+                        y
+                    })
+                });
+                // The default: the CPU path's arithmetic (bit-identical results).
+                g.bench_with_input(BenchmarkId::new("kiln_exact", m), &m, |b, _| {
+                    b.iter(|| {
+                        let y = qmatmul::qmatmul(x.clone(), &w).unwrap();
                         device.sync().unwrap();
                         y
                     })
@@ -94,7 +103,8 @@ fn bench(c: &mut Criterion) {
                         let id = format!("kiln_fused_{red:?}").to_lowercase();
                         g.bench_with_input(BenchmarkId::new(id, m), &m, |b, _| {
                             b.iter(|| {
-                                let y = qmatmul::qmatmul_with(x.clone(), &w, red).unwrap();
+                                let kernel = CubeKernel::fast(red, Tiling::Auto);
+                                let y = qmatmul::qmatmul_with(x.clone(), &w, kernel).unwrap();
                                 device.sync().unwrap();
                                 y
                             })

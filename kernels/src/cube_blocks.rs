@@ -59,7 +59,7 @@ pub fn bytes8(words: &[u32], first: usize) -> (u32, u32) {
 
 /// Byte `i` (0..8) of the pair `bytes8` returns.
 #[cube]
-fn byte_of(pair: (u32, u32), #[comptime] i: usize) -> u32 {
+pub fn byte_of(pair: (u32, u32), #[comptime] i: usize) -> u32 {
     let (lo, hi) = pair;
     let word = if comptime!(i < 4) { lo } else { hi };
     (word >> comptime!(((i % 4) * 8) as u32)) & 0xFFu32
@@ -236,7 +236,7 @@ pub fn decode8(
 /// byte `at` (ggml `get_scale_min_k4`).
 #[cube]
 #[allow(unused_assignments)] // CubeCL variables need a value before a branch assigns them.
-fn scale_min_k4(words: &[u32], at: usize, s: usize) -> (u32, u32) {
+pub fn scale_min_k4(words: &[u32], at: usize, s: usize) -> (u32, u32) {
     let mut sc = 0u32;
     let mut mn = 0u32;
     if s < 4 {

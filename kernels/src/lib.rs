@@ -9,6 +9,11 @@ pub mod cpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube_blocks;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[doc(hidden)]
+pub mod cube_check;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube_softfloat;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube_util;
 pub mod dequant;
 pub mod dream;

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_kernels::QTensor;
-use kiln_kernels::nn::{self, KvCache, Rope, Softmax, Visibility};
-use kiln_kernels::qmatmul::{Reduction, qmatmul_with, qrows};
+use kiln_kernels::nn::{self, KvCache, Positions, Rope, Softmax, Visibility};
+use kiln_kernels::qmatmul::{CubeKernel, qmatmul_with, qrows};
 use kiln_quant::gguf::{GgufFile, Metadata, TensorInfo, Value};
 
 use crate::{ModelError, Result};
@@ -273,11 +273,12 @@ pub struct Llama {
     /// Bytes of weights uploaded.
     pub weight_bytes: usize,
     /// The softmax of the Cube attention kernel (the CPU always follows ggml): the default
-    /// [`Softmax::Rounded`] keeps GPU results on the CPU path's (llama.cpp's) arithmetic.
+    /// [`Softmax::Rounded`] computes the CPU path's (llama.cpp's) arithmetic.
     pub softmax: Softmax,
-    /// The Cube mat-vec kernel's reduction ([`Reduction::Auto`]: plane sums where the device
-    /// has them).
-    pub reduction: Reduction,
+    /// The Cube quantized-matmul variant: by default the CPU path's arithmetic
+    /// ([`kiln_kernels::qmatmul::Arithmetic::Cpu`]), so that with the default softmax a GPU's
+    /// logits are the CPU's, bit for bit.
+    pub kernel: CubeKernel,
 }
 
 /// What `forward` returns for the tokens it ran.
@@ -414,7 +415,7 @@ impl Llama {
             device: device.clone(),
             weight_bytes,
             softmax: Softmax::default(),
-            reduction: Reduction::Auto,
+            kernel: CubeKernel::default(),
             config,
         })
     }
@@ -475,8 +476,10 @@ impl Llama {
         }
         cache.key_pos.extend_from_slice(positions);
         cache.key_seq.extend_from_slice(seqs);
+        // Shared by every layer (the RoPE table and the mask are made once per call).
+        let positions = Positions::new(positions);
         let mask = Visibility {
-            query_pos: positions.into(),
+            query_pos: positions.pos.clone(),
             query_seq: seqs.into(),
             key_pos: cache.key_pos.as_slice().into(),
             key_seq: cache.key_seq.as_slice().into(),
@@ -489,18 +492,18 @@ impl Llama {
         let mut x = qrows(&self.tok_embd, tokens)?;
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = nn::rms_norm(x.clone(), &layer.attn_norm, c.rms_eps)?;
-            let q = qmatmul_with(h.clone(), &layer.wq, self.reduction)?.reshape([t, nh, hd]);
-            let k = qmatmul_with(h.clone(), &layer.wk, self.reduction)?.reshape([t, nkv, hd]);
-            let v = qmatmul_with(h, &layer.wv, self.reduction)?.reshape([t, nkv, hd]);
-            let q = nn::rope(q, positions, &self.rope)?;
-            let k = nn::rope(k, positions, &self.rope)?;
+            let q = qmatmul_with(h.clone(), &layer.wq, self.kernel)?.reshape([t, nh, hd]);
+            let k = qmatmul_with(h.clone(), &layer.wk, self.kernel)?.reshape([t, nkv, hd]);
+            let v = qmatmul_with(h, &layer.wv, self.kernel)?.reshape([t, nkv, hd]);
+            let q = nn::rope(q, &positions, &self.rope)?;
+            let k = nn::rope(k, &positions, &self.rope)?;
             let a = nn::attention(q, k, v, kv, start, mask.clone())?;
-            x = x + qmatmul_with(a, &layer.wo, self.reduction)?;
+            x = x + qmatmul_with(a, &layer.wo, self.kernel)?;
 
             let h = nn::rms_norm(x.clone(), &layer.ffn_norm, c.rms_eps)?;
-            let g = qmatmul_with(h.clone(), &layer.gate, self.reduction)?;
-            let u = qmatmul_with(h, &layer.up, self.reduction)?;
-            x = x + qmatmul_with(nn::swiglu(g, u)?, &layer.down, self.reduction)?;
+            let g = qmatmul_with(h.clone(), &layer.gate, self.kernel)?;
+            let u = qmatmul_with(h, &layer.up, self.kernel)?;
+            x = x + qmatmul_with(nn::swiglu(g, u)?, &layer.down, self.kernel)?;
         }
         let x = if rows.len() == t && rows.iter().enumerate().all(|(i, &r)| i == r) {
             x
@@ -518,7 +521,7 @@ impl Llama {
             Output::Logits(_) => Ok(qmatmul_with(
                 x,
                 self.output.as_ref().unwrap_or(&self.tok_embd),
-                self.reduction,
+                self.kernel,
             )?),
         }
     }

@@ -21,6 +21,10 @@ pub struct ModelArgs {
     /// Worker threads (default: every core).
     #[arg(long, short = 't')]
     threads: Option<usize>,
+    /// On a GPU: `cpu` (the default where the format allows: the CPU path's arithmetic, logits
+    /// bit-identical to the CPU's) or `fast` (the kernels' own parallel sums).
+    #[arg(long)]
+    arithmetic: Option<String>,
 }
 
 /// Applies `--threads` to Kiln's kernel pool and to rayon (Burn's CPU ops, tokenization).
@@ -46,12 +50,19 @@ impl ModelArgs {
         } else {
             kiln_runtime::probe_devices()
         };
-        let loaded = kiln_runtime::llm::load_planned(&self.model, &self.device, &devices)?;
+        let arithmetic = self
+            .arithmetic
+            .as_deref()
+            .map(kiln_runtime::plan::parse_arithmetic)
+            .transpose()?;
+        let loaded =
+            kiln_runtime::llm::load_planned(&self.model, &self.device, &devices, arithmetic)?;
         if let Some(tuned) = &loaded.tuned {
             eprintln!(
-                "kiln: {} ({}): mat-vec variant {:?} ({})",
+                "kiln: {} ({}): {:?} arithmetic, mat-vec variant {:?} ({})",
                 loaded.plan.device,
                 loaded.device.name,
+                loaded.llm.model.kernel.arithmetic,
                 tuned.reduction,
                 if tuned.from_cache {
                     format!("tuned earlier: {}", tuned.path.display())

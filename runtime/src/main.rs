@@ -76,6 +76,9 @@ enum Command {
         /// Plan for this weight format instead of the file's (f16, q8_0, q4_0, …).
         #[arg(long)]
         format: Option<String>,
+        /// The GPU kernels' arithmetic: cpu (bit-identical to the CPU path) or fast.
+        #[arg(long)]
+        arithmetic: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -163,6 +166,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             model,
             device,
             format,
+            arithmetic,
             json,
         } => {
             if !model.is_file() {
@@ -170,7 +174,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     RuntimeError::Usage(format!("{}: no such file", model.display())).into(),
                 );
             }
-            let plan = kiln_runtime::plan::plan_for_file(&model, &device, format.as_deref())?;
+            let arithmetic = arithmetic
+                .as_deref()
+                .map(kiln_runtime::plan::parse_arithmetic)
+                .transpose()?;
+            let plan =
+                kiln_runtime::plan::plan_for_file(&model, &device, format.as_deref(), arithmetic)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {

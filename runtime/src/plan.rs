@@ -17,15 +17,16 @@
 //!   needing int4 math units; the intent-classifier paper's T4 slowdown came from
 //!   dequantizing before multiplying (../shared/MODELS.md §1), which Kiln does not do.
 //!   The faster format for the device is named when it is not the file's.
-//! * Kernels: plane (subgroup) reductions where the device has them, else shared memory; the
-//!   tiled mat-mul's 64 × 64 × 32 tile needs 16.5 KiB of shared memory and 256 invocations;
+//! * Kernels: on a GPU, the CPU path's arithmetic (bit-identical logits) for the formats the CPU
+//!   repacks, unless fast kernels are asked for; for the fast kernels, plane (subgroup)
+//!   reductions where the device has them, else shared memory, and tiles by shared memory;
 //!   the CPU's SIMD level from the detected instruction sets.
 
 use std::fmt;
 use std::path::Path;
 
 use kiln_kernels::nn::Softmax;
-use kiln_kernels::qmatmul::{Reduction, Tiling};
+use kiln_kernels::qmatmul::{Arithmetic, Reduction, Tiling};
 use kiln_quant::GgmlType;
 use serde::Serialize;
 
@@ -308,6 +309,19 @@ pub fn write_measured(dir: &Path, hash: &str, entries: &[Measured]) -> Result<()
 pub struct Overrides {
     pub device: Option<DeviceId>,
     pub format: Option<GgmlType>,
+    /// The GPU kernels' arithmetic (`--arithmetic cpu|fast`).
+    pub arithmetic: Option<Arithmetic>,
+}
+
+/// `cpu` or `fast` (`--arithmetic`).
+pub fn parse_arithmetic(name: &str) -> Result<Arithmetic> {
+    match name {
+        "cpu" => Ok(Arithmetic::Cpu),
+        "fast" => Ok(Arithmetic::Fast),
+        other => Err(RuntimeError::Usage(format!(
+            "--arithmetic {other:?}: cpu (results bit-identical to the CPU path) or fast"
+        ))),
+    }
 }
 
 /// One decision: what was chosen, why, and what was rejected for which reason.
@@ -322,6 +336,10 @@ pub struct Choice {
 /// The kernels a GPU plan runs.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GpuKernels {
+    /// The CPU path's arithmetic (bit-identical results) or the fast kernels' own sums.
+    #[serde(serialize_with = "debug_str")]
+    pub arithmetic: Arithmetic,
+    /// The fast mat-vec kernel's reduction.
     #[serde(serialize_with = "debug_str")]
     pub matvec_reduction: Reduction,
     /// Units per cube of the mat-vec kernel.
@@ -476,6 +494,58 @@ fn unfit(device: &DeviceFacts, model: &ModelFacts, format: GgmlType) -> Option<S
         }
     }
     None
+}
+
+/// The GPU kernels' arithmetic: the CPU's, wherever a kernel follows it for the format, unless
+/// the user asks for the fast kernels.
+fn gpu_arithmetic(
+    format: GgmlType,
+    asked: Option<Arithmetic>,
+    choices: &mut Vec<Choice>,
+) -> Arithmetic {
+    let exact = kiln_kernels::cpu::x8::supported(format);
+    let fast_why = "the kernels' own parallel sums (mat-vec reductions, tiles): faster for prompts, but logits drift from the CPU's (up to 0.8 on SmolLM2's parity prompts) and near-tied argmaxes flip (2 of 135)";
+    let (arithmetic, why, rejected) = match asked {
+        Some(Arithmetic::Fast) => (
+            Arithmetic::Fast,
+            "asked for (--arithmetic fast)".to_string(),
+            vec![("cpu".to_string(), "not asked for".to_string())],
+        ),
+        _ if exact => (
+            Arithmetic::Cpu,
+            format!(
+                "the CPU path's operations in its order (activations quantized as the CPU quantizes them for {} weights, exact integer block sums, the blocks' fused multiply-adds in order; RMSNorm, RoPE, SwiGLU and softmax as ggml computes them): logits bit-identical to the CPU path's{}",
+                format.name(),
+                if asked.is_some() { " (asked for)" } else { "" }
+            ),
+            vec![("fast".to_string(), fast_why.to_string())],
+        ),
+        _ => (
+            Arithmetic::Fast,
+            format!(
+                "no GPU kernel follows the CPU's order for {name} (the CPU's own {name} kernels sum in an order that depends on the instruction set)",
+                name = format.name()
+            ),
+            vec![(
+                "cpu".to_string(),
+                format!(
+                    "kernels in the CPU's order exist for {}",
+                    kiln_kernels::cpu::x8::TYPES
+                        .iter()
+                        .map(|t| t.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )],
+        ),
+    };
+    choices.push(Choice {
+        what: "arithmetic",
+        chosen: format!("{arithmetic:?}").to_lowercase(),
+        why,
+        rejected,
+    });
+    arithmetic
 }
 
 /// The mat-vec kernel's split of rows among units, and its reduction.
@@ -696,6 +766,7 @@ pub fn plan(devices: &[DeviceFacts], model: &ModelFacts, ov: &Overrides) -> Resu
         });
         Kernels::Cpu { isa }
     } else {
+        let arithmetic = gpu_arithmetic(format, ov.arithmetic, &mut choices);
         let (reduction, why, rejected) = matvec_variant(device);
         choices.push(Choice {
             what: "mat-vec reduction",
@@ -735,22 +806,31 @@ pub fn plan(devices: &[DeviceFacts], model: &ModelFacts, ov: &Overrides) -> Resu
                 vec![("vec4 128-row tiles".into(), format!("need {vec4} B of shared memory"))]
             },
         });
-        let long = model.context > 2048;
-        let softmax = Softmax::Rounded;
-        choices.push(Choice {
-            what: "attention",
-            chosen: "rounded (ggml arithmetic)".into(),
-            why: "probabilities rounded to f16 as the CPU path and llama.cpp do, so results agree across devices".into(),
-            rejected: vec![(
-                "one-pass online softmax".into(),
-                if long {
-                    "reads K once instead of twice, but flips near-tied argmaxes against the CPU path; choose it for long contexts when speed matters more".into()
-                } else {
-                    "reads K once instead of twice, but flips near-tied argmaxes against the CPU path".into()
-                },
-            )],
-        });
+        let softmax = if arithmetic == Arithmetic::Cpu {
+            choices.push(Choice {
+                what: "attention",
+                chosen: "rounded (ggml arithmetic)".into(),
+                why: "the CPU path's softmax step for step (llama.cpp's lane orders, its exp, an f64 normalizer, f16 probabilities): with the CPU's arithmetic in the products, logits are the CPU's to the bit".into(),
+                rejected: vec![(
+                    "one-pass online softmax".into(),
+                    "reads K once instead of three times, but changes logits (~1e-3) and flips near-tied argmaxes".into(),
+                )],
+            });
+            Softmax::Rounded
+        } else {
+            choices.push(Choice {
+                what: "attention",
+                chosen: "one-pass online softmax".into(),
+                why: "the fast kernels' results are not the CPU's anyway: read K and V once".into(),
+                rejected: vec![(
+                    "rounded (ggml arithmetic)".into(),
+                    "three sweeps over K; bit-identical to the CPU only with the CPU's arithmetic in the products".into(),
+                )],
+            });
+            Softmax::OnePass
+        };
         Kernels::Gpu(GpuKernels {
+            arithmetic,
             matvec_reduction: reduction,
             matvec_units: MATVEC_UNITS,
             vector_width: if tiling == Tiling::Vec4 { 4 } else { 1 },
@@ -772,13 +852,19 @@ pub fn plan(devices: &[DeviceFacts], model: &ModelFacts, ov: &Overrides) -> Resu
 }
 
 /// Plans `model` (a GGUF file) on this machine's devices. `device`: `auto` or a device name
-/// (`cpu`, `wgpu[:N]`, `cuda[:N]`); `format`: a ggml type name. `cpu` skips probing the GPUs.
-pub fn plan_for_file(model: &Path, device: &str, format: Option<&str>) -> Result<Plan> {
+/// (`cpu`, `wgpu[:N]`, `cuda[:N]`); `format`: a ggml type name; `arithmetic`: the GPU kernels'
+/// (`None`: the policy's). `cpu` skips probing the GPUs.
+pub fn plan_for_file(
+    model: &Path,
+    device: &str,
+    format: Option<&str>,
+    arithmetic: Option<Arithmetic>,
+) -> Result<Plan> {
     let devices = match device {
         "cpu" => vec![DeviceInfo::cpu()],
         _ => crate::probe_devices().devices,
     };
-    plan_on(model, &devices, device, format)
+    plan_on(model, &devices, device, format, arithmetic)
 }
 
 /// [`plan_for_file`] among devices probed already.
@@ -787,6 +873,7 @@ pub fn plan_on(
     devices: &[DeviceInfo],
     device: &str,
     format: Option<&str>,
+    arithmetic: Option<Arithmetic>,
 ) -> Result<Plan> {
     let mut facts = ModelFacts::from_gguf(model)?;
     // Hashing the file is only worth it when something was measured at all.
@@ -813,6 +900,7 @@ pub fn plan_on(
         &Overrides {
             device: wanted,
             format,
+            arithmetic,
         },
     )
 }
@@ -835,7 +923,8 @@ impl fmt::Display for Plan {
             Kernels::Cpu { isa } => writeln!(f, "  kernels: CPU {isa}")?,
             Kernels::Gpu(k) => writeln!(
                 f,
-                "  kernels: CubeCL; mat-vec {:?} reduction, {} units; mat-mul tile {}×{}×{}; vector width {}; attention {:?}",
+                "  kernels: CubeCL, {} arithmetic; mat-vec {:?} reduction, {} units; mat-mul tile {}×{}×{}; vector width {}; attention {:?}",
+                format!("{:?}", k.arithmetic).to_lowercase(),
                 k.matvec_reduction,
                 k.matvec_units,
                 k.tile.0,
@@ -964,6 +1053,44 @@ mod tests {
         assert!(f.rejected[0].1.contains("memory-bound"), "{p}");
     }
 
+    /// On a GPU the CPU path's arithmetic (bit-identical logits) wherever a kernel follows it,
+    /// with the matching softmax; the fast kernels for other formats or when asked for.
+    #[test]
+    fn gpu_arithmetic_is_the_cpus_where_a_kernel_follows_it() {
+        let devices = [cpu(true), t4()];
+        let kernels = |p: &Plan| match &p.kernels {
+            Kernels::Gpu(k) => (k.arithmetic, k.softmax),
+            Kernels::Cpu { .. } => panic!("{p}"),
+        };
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q6_K,
+        ] {
+            let p = plan(&devices, &llama_1b(ty), &Overrides::default()).unwrap();
+            assert_eq!(kernels(&p), (Arithmetic::Cpu, Softmax::Rounded), "{p}");
+            assert!(
+                choice(&p, "arithmetic").why.contains("bit-identical"),
+                "{p}"
+            );
+            assert_eq!(choice(&p, "arithmetic").rejected[0].0, "fast");
+        }
+        // F16: the CPU's f16 kernels sum in an ISA-dependent order; nothing to follow.
+        let p = plan(&devices, &llama_1b(GgmlType::F16), &Overrides::default()).unwrap();
+        assert_eq!(kernels(&p), (Arithmetic::Fast, Softmax::OnePass), "{p}");
+        assert!(choice(&p, "arithmetic").why.contains("f16"), "{p}");
+        // Asked for.
+        let fast = Overrides {
+            arithmetic: Some(Arithmetic::Fast),
+            ..Overrides::default()
+        };
+        let p = plan(&devices, &llama_1b(GgmlType::Q4_0), &fast).unwrap();
+        assert_eq!(kernels(&p), (Arithmetic::Fast, Softmax::OnePass), "{p}");
+        assert!(p.to_string().contains("fast arithmetic"), "{p}");
+        assert!(parse_arithmetic("exact").is_err());
+    }
+
     #[test]
     fn gpu_with_f16_and_subgroups_vs_one_without() {
         let with = gpu(DeviceId::Wgpu(0), DeviceClass::DiscreteGpu, 8 * GIB, true);
@@ -1015,6 +1142,7 @@ mod tests {
             &Overrides {
                 device: Some(DeviceId::Wgpu(0)),
                 format: None,
+                arithmetic: None,
             },
         )
         .unwrap_err();
@@ -1050,6 +1178,7 @@ mod tests {
         let asked = Overrides {
             device: Some(DeviceId::Wgpu(0)),
             format: None,
+            arithmetic: None,
         };
         let p = plan(&[cpu(false), soft], &m, &asked).unwrap();
         assert_eq!(p.device, DeviceId::Wgpu(0));
@@ -1061,6 +1190,7 @@ mod tests {
         let ov = Overrides {
             device: None,
             format: Some(GgmlType::Q8_0),
+            arithmetic: None,
         };
         let p = plan(&[cpu(true)], &m, &ov).unwrap();
         assert_eq!(p.format, GgmlType::Q8_0);
@@ -1070,6 +1200,7 @@ mod tests {
         let ov = Overrides {
             device: None,
             format: Some(GgmlType::Q3_K),
+            arithmetic: None,
         };
         let err = plan(&[cpu(true), t4()], &m, &ov).unwrap_err();
         assert!(err.to_string().contains("no Kiln kernel for q3_K"), "{err}");
@@ -1162,6 +1293,7 @@ mod tests {
         let ov = Overrides {
             device: None,
             format: Some(GgmlType::Q8_0),
+            arithmetic: None,
         };
         assert_eq!(
             plan(std::slice::from_ref(&cpu), &m, &ov).unwrap().format,

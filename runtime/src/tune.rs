@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use kiln_kernels::QTensor;
-use kiln_kernels::qmatmul::{self, Reduction};
+use kiln_kernels::qmatmul::{self, CubeKernel, Reduction, Tiling};
 use kiln_quant::GgmlType;
 use serde::{Deserialize, Serialize};
 
@@ -115,7 +115,7 @@ pub fn tune_matvec(info: &DeviceInfo, device: &Device, dir: &Path) -> Result<Tun
         let mut samples = Vec::new();
         for i in 0..9 {
             let t = Instant::now();
-            let _y = qmatmul::qmatmul_with(x.clone(), &q, red)?;
+            let _y = qmatmul::qmatmul_with(x.clone(), &q, CubeKernel::fast(red, Tiling::Auto))?;
             sync()?;
             if i >= 2 {
                 samples.push(t.elapsed().as_secs_f64());

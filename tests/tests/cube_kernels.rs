@@ -5,20 +5,22 @@
 //! Stated tolerances:
 //! * dequantize / row lookup: ≤ 1 ulp of the value against kiln-quant's scalar codec (the
 //!   products are ggml's; a shader compiler may fuse `q·d + m` into one FMA);
-//! * quantized matmul: |Δ| ≤ 2e-6 · Σ|w·x| against the CPU kernels, which round activations
-//!   to ggml's dot formats (Q8_0, Q8_1 with its f16 block sums, Q8_K, f16) as the Cube kernels
-//!   do too (f32 sums in another order); the CPU is itself checked against the f64 product of
-//!   the dequantized weights within the activation rounding (2e-3 · Σ|w·x|);
-//! * RMSNorm, SwiGLU, RoPE: ≤ 2e-6 relative / 2e-5 absolute against the Flex ops;
-//! * attention: one-pass (online softmax) kernel ≤ 2e-3 · max|v| against the Flex op (the CPU
-//!   rounds probabilities to f16 as ggml does; one pass cannot, as the normalizer is known only
-//!   at the end); the rounded two-sweep variant ≤ 2e-5 · max|v|.
+//! * quantized matmul in the CPU's arithmetic (the default, `Arithmetic::Cpu`): bit-identical to
+//!   the CPU kernels for every type the CPU repacks (x8), whatever the shape;
+//! * quantized matmul, fast kernels: |Δ| ≤ 2e-6 · Σ|w·x| against the CPU kernels, which round
+//!   activations to ggml's dot formats (Q8_0, Q8_1 with its f16 block sums, Q8_K, f16) as the
+//!   Cube kernels do too (f32 sums in another order); the CPU is itself checked against the f64
+//!   product of the dequantized weights within the activation rounding (2e-3 · Σ|w·x|);
+//! * RMSNorm, SwiGLU, RoPE: bit-identical to the Flex ops;
+//! * attention: the default (`Softmax::Rounded`) bit-identical to the Flex op; the one-pass
+//!   (online softmax) kernel ≤ 2e-3 · max|v| (the CPU rounds probabilities to f16 as ggml does;
+//!   one pass cannot, as the normalizer is known only at the end).
 
 use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use kiln_kernels::nn::{self, KvCache, Rope, Softmax, Visibility, seq_id};
-use kiln_kernels::qmatmul::{self, Reduction, Tiling};
+use kiln_kernels::nn::{self, KvCache, Positions, Rope, Softmax, Visibility, seq_id};
+use kiln_kernels::qmatmul::{self, CubeKernel, Reduction, Tiling};
 use kiln_kernels::{KernelError, QTensor, dequant};
 use kiln_quant::GgmlType;
 use kiln_tests::{data, wgpu_device};
@@ -127,7 +129,7 @@ fn check_qmatmul_tiled(
     let x = data(m * k, 7 + m as u64);
     let run = |dev: &Device, red, tiling| {
         let q = QTensor::from_blocks("w", ty, &[n, k], &bytes, dev).unwrap();
-        vec2(qmatmul::qmatmul_variant(t2(&x, [m, k], dev), &q, red, tiling).unwrap())
+        vec2(qmatmul::qmatmul_with(t2(&x, [m, k], dev), &q, CubeKernel::fast(red, tiling)).unwrap())
     };
     let got = run(gpu, red, tiling);
     let cpu = run(&Device::flex(), Reduction::Auto, Tiling::Auto);
@@ -206,14 +208,71 @@ fn qmatmul_plane_reduction_where_the_device_has_planes() {
         // silent fallback.
         eprintln!("{}: no plane operations; plane variant refused", info.name);
         let x = t2(&data(64, 1), [1, 64], &gpu);
-        let err = qmatmul::qmatmul_with(x.clone(), &q, Reduction::Plane).unwrap_err();
+        let plane = CubeKernel::fast(Reduction::Plane, Tiling::Auto);
+        let err = qmatmul::qmatmul_with(x.clone(), &q, plane).unwrap_err();
         assert!(matches!(err, KernelError::Unsupported(_)), "{err}");
     }
     for bad in [0, 1, 3, 128] {
         let x = t2(&data(64, 1), [1, 64], &gpu);
-        let err = qmatmul::qmatmul_with(x, &q, Reduction::Shared(bad)).unwrap_err();
+        let shared = CubeKernel::fast(Reduction::Shared(bad), Tiling::Auto);
+        let err = qmatmul::qmatmul_with(x, &q, shared).unwrap_err();
         assert!(matches!(err, KernelError::Unsupported(_)), "{bad}: {err}");
     }
+}
+
+/// The default GPU product (the CPU's arithmetic) is the CPU's, bit for bit, for every type the
+/// CPU repacks: odd block counts, batch 1 and batches (the decode kernel and the tiled one,
+/// tiles ragged at both edges), row counts below and above a cube (64); activations scaled over
+/// 2^±20 so that blocks of tiny and huge values and the fused multiply-adds' roundings all
+/// occur.
+#[test]
+fn qmatmul_in_the_cpu_arithmetic_is_bit_identical() {
+    let Some((_, gpu)) = wgpu_device() else {
+        return;
+    };
+    for &ty in kiln_kernels::cpu::x8::TYPES {
+        // m < 16: one unit per output; from 16: 32 × 32 tiles (ragged at both edges).
+        for &(m, n, blocks) in &[
+            (1, 8, 1),
+            (1, 72, 5),
+            (3, 16, 3),
+            (5, 136, 2),
+            (15, 24, 7),
+            (16, 24, 7),
+            (37, 40, 3),
+            (70, 96, 2),
+        ] {
+            let k = blocks * ty.block_size();
+            let (bytes, _) = weights(ty, n, k, (n + blocks) as u64);
+            let x: Vec<f32> = data(m * k, 5 + m as u64)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * 2f32.powi((i / 32 % 41) as i32 - 20))
+                .collect();
+            let run = |dev: &Device| {
+                let q = QTensor::from_blocks("w", ty, &[n, k], &bytes, dev).unwrap();
+                vec2(qmatmul::qmatmul(t2(&x, [m, k], dev), &q).unwrap())
+            };
+            let (got, want) = (run(&gpu), run(&Device::flex()));
+            assert_bits(&got, &want, &format!("{ty} m={m} n={n} k={k}"));
+        }
+    }
+}
+
+fn assert_bits(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let bad: Vec<usize> = (0..got.len())
+        .filter(|&i| got[i].to_bits() != want[i].to_bits())
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what}: {} of {} values differ; first at {}: {} vs {}",
+        bad.len(),
+        got.len(),
+        bad[0],
+        got[bad[0]],
+        want[bad[0]]
+    );
 }
 
 fn assert_close(got: &[f32], want: &[f32], rel: f32, abs: f32, what: &str) {
@@ -239,13 +298,13 @@ fn rms_norm_swiglu_and_rope_match_the_cpu() {
             let wt = Tensor::<1>::from_data(TensorData::new(w.clone(), [d]), dev);
             vec2(nn::rms_norm(t2(&x, [rows, d], dev), &wt, 1e-5).unwrap())
         };
-        assert_close(&run(&gpu), &run(&cpu), 2e-6, 2e-5, "rms_norm");
+        assert_bits(&run(&gpu), &run(&cpu), "rms_norm");
 
         let g: Vec<f32> = x.iter().map(|v| v * 20.0).collect();
         let run = |dev: &Device| {
             vec2(nn::swiglu(t2(&g, [rows, d], dev), t2(&w.repeat(rows), [rows, d], dev)).unwrap())
         };
-        assert_close(&run(&gpu), &run(&cpu), 2e-6, 2e-5, "swiglu");
+        assert_bits(&run(&gpu), &run(&cpu), "swiglu");
     }
 
     let (t, heads, d) = (37, 3, 64);
@@ -276,17 +335,10 @@ fn rms_norm_swiglu_and_rope_match_the_cpu() {
             neox: true,
         },
     ] {
+        let positions = Positions::new(&positions);
         let run =
             |dev: &Device| vec3(nn::rope(t3(&x, [t, heads, d], dev), &positions, &rope).unwrap());
-        // cos/sin of angles up to ~1000 rad: the GPU's libm and Rust's differ by a few ulp of
-        // the angle's magnitude.
-        assert_close(
-            &run(&gpu),
-            &run(&cpu),
-            1e-4,
-            1e-4,
-            &format!("rope {rope:?}"),
-        );
+        assert_bits(&run(&gpu), &run(&cpu), &format!("rope {rope:?}"));
     }
 }
 
@@ -404,10 +456,10 @@ fn attention_matches_the_cpu_causal_gqa_shared_prefix_and_long() {
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert_close(g, w, 0.0, 2e-3 * 0.5, &format!("one-pass {what} step {i}"));
         }
-        // The rounded variant follows the CPU's arithmetic: 100× tighter.
+        // The default follows the CPU's arithmetic, bit for bit.
         let got = attention_run(&gpu, Softmax::Rounded, heads, kv_heads, d, &steps);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_close(g, w, 0.0, 2e-5 * 0.5, &format!("rounded {what} step {i}"));
+            assert_bits(g, w, &format!("rounded {what} step {i}"));
         }
     }
 }
@@ -488,5 +540,192 @@ fn encoder_ops_match_the_cpu() {
         };
         let what = format!("add_layer_norm residual={residual}");
         assert_close(&run(&gpu), &run(&cpu), 1e-5, 1e-5, &what);
+    }
+}
+
+/// xorshift64 bits for the arithmetic checks below.
+struct Bits(u64);
+
+impl Bits {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A finite f32 with a random sign, mantissa and an exponent field in `exps`.
+    fn float(&mut self, exps: std::ops::Range<u32>) -> f32 {
+        let r = self.next();
+        let e = exps.start + (r >> 40) as u32 % (exps.end - exps.start);
+        f32::from_bits(((r >> 63) as u32) << 31 | e << 23 | (r as u32 & 0x7F_FFFF))
+    }
+}
+
+/// The integer fused multiply-add the exact kernels use where the device's `fma` rounds twice
+/// (llvmpipe: Mesa lowers it to a multiply and an add) rounds once, as IEEE's: every case of
+/// normal, subnormal and zero operands, cancellation (c = -a·b rounded, and its neighbours),
+/// products far above and below c, ties decided by a c far below, and overflow, bit for bit
+/// against Rust's `mul_add`.
+#[test]
+fn soft_fma_is_ieee_fma() {
+    let Some((info, gpu)) = wgpu_device() else {
+        return;
+    };
+    eprintln!(
+        "{}: the device's own fma {}",
+        info.name,
+        if kiln_kernels::cube_check::device_fma_is_fused(&gpu) {
+            "rounds once"
+        } else {
+            "rounds twice: the kernels use the integer one"
+        }
+    );
+    let mut r = Bits(0x9E37_79B9_7F4A_7C15);
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..200_000 {
+        let (x, y) = match i % 4 {
+            0 => (r.float(100..154), r.float(100..154)),
+            1 => (r.float(0..255), r.float(0..255)),
+            2 => (r.float(1..40), r.float(90..160)),
+            _ => (r.float(126..129), r.float(126..129)),
+        };
+        let z = match i % 7 {
+            0 => -(x * y),
+            1 => f32::from_bits((-(x * y)).to_bits().wrapping_add(1)),
+            2 => f32::from_bits((-(x * y)).to_bits().wrapping_sub(1)),
+            3 => 0.0,
+            4 => r.float(0..24),
+            5 => r.float(0..255),
+            _ => x * y * f32::from_bits(0x3380_0000 + (r.next() as u32 & 0x7F_FFFF)),
+        };
+        let z = if z.is_finite() { z } else { 1.0 };
+        a.push(x);
+        b.push(y);
+        c.push(z);
+    }
+    // Products exactly halfway between two floats (odd 13-bit significands), nudged by a c
+    // far below them: only the sticky bit of the shifted-out c decides the rounding.
+    for _ in 0..20_000 {
+        let odd13 = |r: &mut Bits| ((r.next() as u32 & 0xFFF) | 0x1001) as f32;
+        let (x, y) = (odd13(&mut r), odd13(&mut r));
+        let tiny = r.float(1..60);
+        a.push(x);
+        b.push(y * 2f32.powi(-12));
+        c.push(tiny);
+    }
+    for (x, y, z) in [
+        (0.0f32, 5.0f32, -0.0f32),
+        (-0.0, 5.0, 0.0),
+        (1e-45, 1e-45, 0.0),
+        (-1e-45, 1e-45, 0.0),
+        (3e38, 3e38, -1.0),
+        (1.0 + f32::EPSILON, 1.0 - f32::EPSILON, -1.0),
+    ] {
+        a.push(x);
+        b.push(y);
+        c.push(z);
+    }
+    let got = kiln_kernels::cube_check::soft_fma_on(&gpu, &a, &b, &c);
+    let bad: Vec<usize> = (0..a.len())
+        .filter(|&i| got[i].to_bits() != a[i].mul_add(b[i], c[i]).to_bits())
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} differ; first: fma({:e}, {:e}, {:e}) = {:e}, device {:e}",
+        bad.len(),
+        a.len(),
+        a[bad[0]],
+        b[bad[0]],
+        c[bad[0]],
+        a[bad[0]].mul_add(b[bad[0]], c[bad[0]]),
+        got[bad[0]]
+    );
+}
+
+/// ggml's `expf` in the kernels is the CPU's, bit for bit, with the integer FMA and with the
+/// device's own (where that rounds once), over the whole range the softmax and SiLU reach,
+/// overflow and underflow included.
+#[test]
+fn ggml_expf_matches_the_cpu() {
+    let Some((_, gpu)) = wgpu_device() else {
+        return;
+    };
+    let mut r = Bits(7);
+    let mut x: Vec<f32> = (0..100_000)
+        .map(|i| match i % 3 {
+            0 => (r.next() >> 40) as f32 / (1u64 << 24) as f32 * -104.0,
+            1 => (r.next() >> 40) as f32 / (1u64 << 24) as f32 * 200.0 - 100.0,
+            _ => r.float(100..135),
+        })
+        .collect();
+    x.extend([0.0, -0.0, 88.7, 88.8, -87.3, -103.9, -150.0, 200.0, -200.0]);
+    let want: Vec<f32> = x.iter().map(|&v| nn::ggml_expf(v)).collect();
+    let mut variants = vec![true];
+    if kiln_kernels::cube_check::device_fma_is_fused(&gpu) {
+        variants.push(false);
+    }
+    for soft in variants {
+        let got = kiln_kernels::cube_check::ggml_expf_on(&gpu, &x, soft);
+        // The smallest results are f32 subnormals, which a device may flush to zero; the
+        // kernels never depend on them (a softmax term below 2^-126 is lost in its f64 sum, a
+        // SiLU's 1 + e is 1).
+        let bad: Vec<usize> = (0..x.len())
+            .filter(|&i| got[i].to_bits() != want[i].to_bits() && want[i] >= f32::MIN_POSITIVE)
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "soft={soft}: {} of {} differ; first: expf({:e}) = {:e}, device {:e}",
+            bad.len(),
+            x.len(),
+            x[bad[0]],
+            want[bad[0]],
+            got[bad[0]]
+        );
+    }
+}
+
+/// The f64 sums of f32 terms (RMSNorm's squares, the softmax's chunk sums) in integer
+/// arithmetic, and the f32 quotients taken from them, against Rust's f64: terms spread over
+/// 2^±60 so that most additions round, rows of 1 to 600 terms.
+#[test]
+fn wide_sums_match_f64() {
+    let Some((_, gpu)) = wgpu_device() else {
+        return;
+    };
+    let mut r = Bits(99);
+    for (len, divisor) in [
+        (1, 1.0f32),
+        (16, 1.0),
+        (37, 576.0),
+        (600, 2048.0),
+        (64, 3.0),
+    ] {
+        let rows = 2000;
+        let terms: Vec<f32> = (0..rows * len)
+            .map(|i| {
+                if i % 11 == 3 {
+                    0.0
+                } else {
+                    r.float(67..187).abs()
+                }
+            })
+            .collect();
+        let got = kiln_kernels::cube_check::wide_on(&gpu, &terms, len, divisor);
+        for (row, (t, g)) in terms.chunks(len).zip(&got).enumerate() {
+            let sum: f64 = t.iter().map(|&v| f64::from(v)).sum();
+            if sum == 0.0 {
+                continue;
+            }
+            let want = (
+                (sum / f64::from(divisor)) as f32,
+                (f64::from(divisor) / sum) as f32,
+            );
+            assert_eq!(
+                (g.0.to_bits(), g.1.to_bits()),
+                (want.0.to_bits(), want.1.to_bits()),
+                "row {row} of {len} terms / {divisor}: {g:?} vs {want:?}"
+            );
+        }
     }
 }

@@ -64,7 +64,7 @@ fn llama3_rope_scaling_matches_the_hf_formula() {
     let device = Device::flex();
     let input: Vec<f32> = (0..t).flat_map(|_| x.clone()).collect();
     let xt = Tensor::<3>::from_data(TensorData::new(input, [t, 1, dim]), &device);
-    let got = floats(nn::rope(xt, &positions, &rope).unwrap()).unwrap();
+    let got = floats(nn::rope(xt, &nn::Positions::new(&positions), &rope).unwrap()).unwrap();
     for (i, want) in r["rotated"].as_array().unwrap().iter().enumerate() {
         // θ is accumulated in f32 pair by pair as ggml does: error grows with the position.
         let tol = if positions[i] <= 100 { 1e-4 } else { 2e-2 };

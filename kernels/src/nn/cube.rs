@@ -1,15 +1,22 @@
-//! CubeCL transformer ops (wgpu, CUDA: one source), tested against the Flex implementations.
+//! CubeCL transformer ops (wgpu, CUDA: one source), computing what the Flex implementations
+//! compute, operation for operation (tested bit for bit against them on llvmpipe):
 //!
-//! * RMSNorm: one cube per row, a shared-memory tree for the sum of squares, then the scaled
-//!   row in the same pass.
-//! * RoPE: one unit per rotated pair, in place when the tensor's buffer is not shared.
-//! * Attention: K/V appended to the cache, then one cube per (query, head) walks the visible
-//!   cache slots in tiles of 32 with an online softmax (running max and sum, flash-attention
-//!   style): one pass over K and V, no score matrix in memory ([`Softmax::OnePass`]); or, to
-//!   follow the CPU's (ggml's) arithmetic, a first sweep for the max and sum and a second that
-//!   weighs V by f16-rounded probabilities ([`Softmax::Rounded`]). GQA maps head `h` to KV head
-//!   `h / (heads / kv_heads)`. The cache is f32 on the device, holding values rounded to f16 as
-//!   the CPU's f16 cache does (no shader f16 needed); queries are rounded to f16 likewise.
+//! * RMSNorm: one cube per row; the sum of squares in f64 as ggml sums it, serially, with
+//!   integer arithmetic ([`crate::cube_softfloat`]), then the scaled row.
+//! * RoPE: one unit per rotated pair, in place when the tensor's buffer is not shared; the
+//!   angles' cosines and sines come from the host ([`super::rope_table`], once per forward pass).
+//! * SwiGLU: ggml's `expf` and SiLU.
+//! * Attention: K/V appended to the cache (f32 holding f16-rounded values, as the CPU's f16
+//!   cache; queries rounded to f16 likewise), then one cube per (query, head):
+//!   [`Softmax::Rounded`] sweeps the visible slots three times in tiles of 64 — the maximum
+//!   score, the normalizer (16-lane chunk sums added in f64), the f16-rounded probabilities
+//!   against V — with every dot product in llama.cpp's lane order (tinyBLAS for batches,
+//!   `ggml_vec_dot_f16` for one token); [`Softmax::OnePass`] walks them once in tiles of 32
+//!   with an online softmax (flash-attention style). GQA maps head `h` to KV head
+//!   `h / (heads / kv_heads)`.
+//!
+//! Where the device's `fma` does not round once (llvmpipe), the kernels use
+//! [`crate::cube_softfloat::soft_fma`].
 
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{DType, Shape};
@@ -18,31 +25,47 @@ use burn_cubecl::{CubeBackend, kernel::into_contiguous, ops::numeric::empty_devi
 use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
-use super::{NnOps, Rope, Softmax, Visibility};
+use super::{NnOps, Positions, Rope, Softmax, Visibility};
 
 // The attention kernel spells out `super::sees` with this shift.
 const _: () = assert!(super::SEQ_GROUP_SHIFT == 16);
-use crate::cube_util::{round_to_f16, tree_sum, upload_u32};
+use crate::cube_softfloat::{fmadd, ggml_expf, native_fma, opaque, wide_add, wide_div};
+use crate::cube_util::{round_to_f16, upload_u32};
 
 const NORM_UNITS: usize = 64;
 const ATTN_UNITS: usize = 32;
+/// Units (and slots per tile) of the exact attention kernel.
+const EXACT_UNITS: usize = 64;
 
+/// ggml_compute_forward_rms_norm_f32: `scale = 1 / sqrt(f32(Σ x² / d) + eps)` with the squares
+/// (f32 products) summed in f64 in index order — by unit 0, in integer arithmetic — then
+/// `x · scale · w`.
 #[cube(launch_unchecked)]
 fn rms_norm_kernel(x: &[f32], w: &[f32], out: &mut [f32], d: usize, eps: f32) {
     let row = CUBE_POS;
     let u = UNIT_POS as usize;
     let base = row * d;
-    let mut s = 0.0f32;
-    let mut j = u;
-    while j < d {
-        let v = x[base + j];
-        s += v * v;
-        j += 64usize;
+    let mut smem = Shared::<[f32]>::new_slice(1usize);
+    if u == 0 {
+        let mut h = 0u32;
+        let mut l = 0u32;
+        let mut e = 0i32;
+        for j in 0..d {
+            let v = x[base + j];
+            let (h2, l2, e2) = wide_add(h, l, e, v * v);
+            h = h2;
+            l = l2;
+            e = e2;
+        }
+        let mut mean = 0.0f32;
+        if (h | l) != 0u32 {
+            let (dh, dl, de) = wide_add(0u32, 0u32, 0i32, f32::cast_from(d));
+            mean = wide_div(h, l, e, dh, dl, de);
+        }
+        smem[0] = 1.0f32 / f32::sqrt(mean + eps);
     }
-    let mut smem = Shared::<[f32]>::new_slice(64usize);
-    smem[u] = s;
-    tree_sum(&mut smem);
-    let scale = 1.0f32 / f32::sqrt(smem[0] / f32::cast_from(d) + eps);
+    sync_cube();
+    let scale = smem[0];
     let mut j = u;
     while j < d {
         out[base + j] = x[base + j] * scale * w[j];
@@ -50,20 +73,20 @@ fn rms_norm_kernel(x: &[f32], w: &[f32], out: &mut [f32], d: usize, eps: f32) {
     }
 }
 
-/// One unit per (token, head, pair). θ follows the CPU: `pos · scale^i` by repeated products.
+/// One unit per (token, head, pair): `x0·c − x1·s` and `x0·s + x1·c` as ggml's rotate_pairs is
+/// compiled (each as one fused multiply-add of the other, rounded, product), `(c, s)` from the
+/// host's table (`[t][half][2]`).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn rope_kernel(
     x: &mut [f32],
-    table: &[u32],
+    table: &[f32],
     heads: usize,
     d: usize,
     half: usize,
-    theta_scale: f32,
-    freq_scale: f32,
     total: usize,
-    #[comptime] has_factors: bool,
     #[comptime] neox: bool,
+    #[comptime] soft: bool,
 ) {
     let idx = ABSOLUTE_POS;
     if idx >= total {
@@ -72,18 +95,9 @@ fn rope_kernel(
     let i = idx % half;
     let th = idx / half;
     let tok = th / heads;
-    // table: [positions; t][frequency factors as f32 bits; half] (factors only if any).
-    let mut theta = f32::cast_from(table[tok]);
-    for _ in 0..i {
-        theta *= theta_scale;
-    }
-    let mut ff = 1.0f32;
-    if comptime!(has_factors) {
-        ff = f32::reinterpret(table[total / half / heads + i]);
-    }
-    let t = freq_scale * (theta / ff);
-    let c = f32::cos(t);
-    let s = f32::sin(t);
+    let at = (tok * half + i) * 2;
+    let c = table[at];
+    let s = table[at + 1];
     let base = th * d;
     let mut a = base + 2 * i;
     let mut b = base + 2 * i + 1;
@@ -93,18 +107,19 @@ fn rope_kernel(
     }
     let x0 = x[a];
     let x1 = x[b];
-    x[a] = x0 * c - x1 * s;
-    x[b] = x0 * s + x1 * c;
+    x[a] = fmadd(x0, c, -(x1 * s), soft);
+    x[b] = fmadd(x0, s, x1 * c, soft);
 }
 
+/// `silu(g) · u` as the CPU computes it: `g / (1 + expf(-g)) · u` with ggml's `expf`.
 #[cube(launch_unchecked)]
-fn swiglu_kernel(g: &[f32], u: &[f32], out: &mut [f32], n: usize) {
+fn swiglu_kernel(g: &[f32], u: &[f32], out: &mut [f32], n: usize, #[comptime] soft: bool) {
     let i = ABSOLUTE_POS;
     if i >= n {
         terminate!();
     }
     let gv = g[i];
-    out[i] = gv / (1.0f32 + f32::exp(-gv)) * u[i];
+    out[i] = gv / (1.0f32 + ggml_expf(-gv, soft)) * u[i];
 }
 
 /// `cache[offset + i] = round_f16(new[i])`.
@@ -115,6 +130,17 @@ fn append_kernel(new: &[f32], cache: &mut [f32], offset: usize, n: usize) {
         terminate!();
     }
     cache[offset + i] = round_to_f16(new[i]);
+}
+
+/// Whether cache slot `s < n` is visible to a query at position `qp` of sequence `qseq`
+/// (`super::sees`, with SEQ_GROUP_SHIFT = 16). `vis` holds
+/// `[query_pos; t][query_seq; t][key_pos; n][key_seq; n]`.
+#[cube]
+fn visible(vis: &[u32], s: usize, n: usize, t: usize, qp: u32, qseq: u32) -> bool {
+    let kp = vis[2 * t + s];
+    let ks = vis[2 * t + n + s];
+    let group_prefix = (ks & 0xFFFFu32) == 0u32 && (ks >> 16u32) == (qseq >> 16u32);
+    kp <= qp && (ks == 0u32 || ks == qseq || group_prefix)
 }
 
 /// The score of query `(i, h)` (its f16-rounded values in `qs`) against cache slot `s`, or
@@ -136,20 +162,250 @@ fn score_at(
     #[comptime] hd: usize,
 ) -> f32 {
     let mut score = neg;
-    if s < n {
-        let kp = vis[2 * t + s];
-        let ks = vis[2 * t + n + s];
-        // `super::sees`, with SEQ_GROUP_SHIFT = 16.
-        let group_prefix = (ks & 0xFFFFu32) == 0u32 && (ks >> 16u32) == (qseq >> 16u32);
-        if kp <= qp && (ks == 0u32 || ks == qseq || group_prefix) {
-            let mut dot = 0.0f32;
-            for e in 0..hd {
-                dot += qs[e] * kc[k_at + e];
-            }
-            score = dot * scale;
+    // (CubeCL's `&&` short-circuits: `visible` reads slot `s` only when it exists.)
+    if s < n && visible(vis, s, n, t, qp, qseq) {
+        let mut dot = 0.0f32;
+        for e in 0..hd {
+            dot += qs[e] * kc[k_at + e];
         }
+        score = dot * scale;
     }
     score
+}
+
+/// GCC's `_mm512_reduce_add_ps` of `a[at..at + 16]`: halves added lane-wise (8, then 4), then
+/// (0 + 2) + (1 + 3).
+#[cube]
+fn reduce16(a: &Array<f32>, #[comptime] at: usize) -> f32 {
+    let mut t8 = Array::<f32>::new(8usize);
+    #[unroll]
+    for l in 0..8usize {
+        t8[l] = a[at + l + 8] + a[at + l];
+    }
+    let mut t4 = Array::<f32>::new(4usize);
+    #[unroll]
+    for l in 0..4usize {
+        t4[l] = t8[l + 4] + t8[l];
+    }
+    (t4[0] + t4[2]) + (t4[1] + t4[3])
+}
+
+/// The lanes of one of llama.cpp's f16 dot products (`a[at..at + lanes]`), added up as it adds
+/// them: `ggml_vec_dot_f16` (`vec_dot`, 64 lanes: GGML_F32x16_REDUCE's 0+2, 1+3, then 0+1 of
+/// its four 16-lane accumulators, then [`reduce16`]) or tinyBLAS (16 lanes, [`reduce16`]).
+#[cube]
+#[allow(unused_assignments)]
+fn finish_lanes(a: &Array<f32>, #[comptime] at: usize, #[comptime] vec_dot: bool) -> f32 {
+    let mut out = 0.0f32;
+    if comptime!(vec_dot) {
+        let mut x = Array::<f32>::new(16usize);
+        #[unroll]
+        for l in 0..16usize {
+            x[l] = (a[at + l] + a[at + 32 + l]) + (a[at + 16 + l] + a[at + 48 + l]);
+        }
+        out = reduce16(&x, 0usize);
+    } else {
+        out = reduce16(a, at);
+    }
+    out
+}
+
+/// `qs · k` for the key at `k_at` in llama.cpp's order: lane `e % lanes` sums its products in
+/// index order from 0 (products of f16 values are exact), then [`finish_lanes`].
+#[cube]
+fn dot_lanes(
+    qs: &Shared<[f32]>,
+    kc: &[f32],
+    k_at: usize,
+    zero: u32,
+    #[comptime] hd: usize,
+    #[comptime] vec_dot: bool,
+) -> f32 {
+    let lanes = comptime!(if vec_dot { 64usize } else { 16usize });
+    let mut acc = Array::<f32>::new(lanes);
+    #[unroll]
+    for l in 0..lanes {
+        acc[l] = 0.0f32;
+    }
+    #[unroll]
+    for e in 0..hd {
+        let l = comptime!(e % lanes);
+        acc[l] += opaque(qs[e] * kc[k_at + e], zero);
+    }
+    finish_lanes(&acc, 0usize, vec_dot)
+}
+
+/// Cube `(i, h)`: query `i`, head `h`, [`EXACT_UNITS`] units; the CPU's attention
+/// (`nn/flex.rs`), operation for operation. Three sweeps over the visible slots, a tile of 64
+/// at a time, unit `u` taking slot `64·tile + u`:
+/// 1. the maximum score (`q · k` in llama.cpp's lane order, times `scale`);
+/// 2. `e = expf(score − max)` (ggml's `expf`), each 16-slot chunk reduced in f32 and the chunks
+///    added in f64 (integer arithmetic) by unit 0; `inv = f32(1 / sum)`;
+/// 3. `p = f16(e · inv)`, and each output value `Σ p · v` in the same lane order (unit `u` owns
+///    values `u, u + 64, …`).
+///
+/// `vec_dot`: one new token (`ggml_vec_dot_f16`'s order), else a batch (tinyBLAS's).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn attention_exact_kernel(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    out: &mut [f32],
+    vis: &[u32],
+    n: usize,
+    heads: usize,
+    kv_heads: usize,
+    scale: f32,
+    zero: u32,
+    #[comptime] hd: usize,
+    #[comptime] vec_dot: bool,
+    #[comptime] soft: bool,
+) {
+    let i = CUBE_POS_X as usize;
+    let h = CUBE_POS_Y as usize;
+    let t = CUBE_COUNT_X as usize;
+    let u = UNIT_POS as usize;
+    let kvh = h / (heads / kv_heads);
+    let row = kv_heads * hd;
+    let kv_off = kvh * hd;
+    let q_at = (i * heads + h) * hd;
+    let mut qs = Shared::<[f32]>::new_slice(hd);
+    let mut ps = Shared::<[f32]>::new_slice(64usize);
+    let mut red = Shared::<[f32]>::new_slice(64usize);
+    let mut e = u;
+    while e < hd {
+        qs[e] = round_to_f16(q[q_at + e]);
+        e += 64usize;
+    }
+    sync_cube();
+    let qp = vis[i];
+    let qseq = vis[t + i];
+    let tiles = n.div_ceil(64usize);
+
+    // 1. The maximum: each unit over its slots, then a tree (below any real score: WGSL has no
+    // infinity literal).
+    let mut umax = f32::new(-3.0e38f32);
+    for tile in 0..tiles {
+        let s = tile * 64 + u;
+        if s < n && visible(vis, s, n, t, qp, qseq) {
+            umax = f32::max(
+                umax,
+                dot_lanes(&qs, kc, s * row + kv_off, zero, hd, vec_dot) * scale,
+            );
+        }
+    }
+    red[u] = umax;
+    sync_cube();
+    let mut stride = 32usize;
+    while stride > 0 {
+        if u < stride {
+            red[u] = f32::max(red[u], red[u + stride]);
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let max = red[0];
+    sync_cube();
+
+    // 2. The normalizer. The score goes through shared memory before `score − max`, so that no
+    // compiler fuses the product into the subtraction.
+    let mut sh = 0u32;
+    let mut sl = 0u32;
+    let mut se = 0i32;
+    for tile in 0..tiles {
+        let s = tile * 64 + u;
+        let mut seen = false;
+        if s < n {
+            seen = visible(vis, s, n, t, qp, qseq);
+        }
+        if seen {
+            ps[u] = dot_lanes(&qs, kc, s * row + kv_off, zero, hd, vec_dot) * scale;
+        }
+        sync_cube();
+        let mut ev = 0.0f32;
+        if seen {
+            ev = ggml_expf(ps[u] - max, soft);
+        }
+        sync_cube();
+        ps[u] = ev;
+        sync_cube();
+        if u < 4 {
+            let mut lanes = Array::<f32>::new(16usize);
+            #[unroll]
+            for l in 0..16usize {
+                lanes[l] = ps[u * 16 + l];
+            }
+            red[u] = reduce16(&lanes, 0usize);
+        }
+        sync_cube();
+        if u == 0 {
+            #[unroll]
+            for c in 0..4usize {
+                let (h2, l2, e2) = wide_add(sh, sl, se, red[c]);
+                sh = h2;
+                sl = l2;
+                se = e2;
+            }
+        }
+        sync_cube();
+    }
+    if u == 0 {
+        let (oh, ol, oe) = wide_add(0u32, 0u32, 0i32, 1.0f32);
+        red[0] = wide_div(oh, ol, oe, sh, sl, se);
+    }
+    sync_cube();
+    let inv = red[0];
+
+    // 3. f16-rounded probabilities against V.
+    let lanes = comptime!(if vec_dot { 64usize } else { 16usize });
+    let per_unit = comptime!(hd.div_ceil(64usize));
+    let mut acc = Array::<f32>::new(comptime!(per_unit * lanes));
+    #[unroll]
+    for a in 0..comptime!(per_unit * lanes) {
+        acc[a] = 0.0f32;
+    }
+    for tile in 0..tiles {
+        let s = tile * 64 + u;
+        let mut seen = false;
+        if s < n {
+            seen = visible(vis, s, n, t, qp, qseq);
+        }
+        if seen {
+            ps[u] = dot_lanes(&qs, kc, s * row + kv_off, zero, hd, vec_dot) * scale;
+        }
+        sync_cube();
+        let mut p = 0.0f32;
+        if seen {
+            p = round_to_f16(ggml_expf(ps[u] - max, soft) * inv);
+        }
+        sync_cube();
+        ps[u] = p;
+        sync_cube();
+        let slots = usize::min(64usize, n - tile * 64);
+        #[unroll]
+        for c in 0..per_unit {
+            let e = u + c * 64;
+            if e < hd {
+                for j in 0..slots {
+                    let pj = ps[j];
+                    // A zero probability adds +0 or -0: nothing (the lanes never hold -0).
+                    if pj != 0.0f32 {
+                        let l = c * lanes + j % lanes;
+                        acc[l] += opaque(pj * vc[(tile * 64 + j) * row + kv_off + e], zero);
+                    }
+                }
+            }
+        }
+        sync_cube();
+    }
+    #[unroll]
+    for c in 0..per_unit {
+        let e = u + c * 64;
+        if e < hd {
+            out[q_at + e] = finish_lanes(&acc, comptime!(c * lanes), vec_dot);
+        }
+    }
 }
 
 /// One 32-slot tile of an online softmax, each unit bringing its slot's `score` (`neg` when the
@@ -217,14 +473,9 @@ pub(crate) fn accumulate_v(
     }
 }
 
-/// Cube `(i, h)`: query `i`, head `h`, 32 units. `vis` holds
-/// `[query_pos; t][query_seq; t][key_pos; n][key_seq; n]`.
-///
-/// One sweep (`rounded` false): online softmax, each tile of 32 slots rescales the running
-/// sum and output by `exp(m_old − m_new)`; the output is divided by the sum at the end.
-/// `rounded` true (ggml's arithmetic, the CPU path's): the sweep finds the maximum and sum
-/// only, and a second sweep weighs V by the normalized probabilities rounded to f16, as ggml's
-/// f16 `mul_mat` of the softmax with V does. Same memory, K read twice.
+/// Cube `(i, h)`: query `i`, head `h`, 32 units ([`Softmax::OnePass`]). One sweep, online
+/// softmax: each tile of 32 slots rescales the running sum and output by
+/// `exp(m_old − m_new)`; the output is divided by the sum at the end.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn attention_kernel(
@@ -238,7 +489,6 @@ fn attention_kernel(
     kv_heads: usize,
     scale: f32,
     #[comptime] hd: usize,
-    #[comptime] rounded: bool,
 ) {
     let i = CUBE_POS_X as usize;
     let h = CUBE_POS_Y as usize;
@@ -283,43 +533,13 @@ fn attention_kernel(
         );
         let (m_new, alpha, l_new) = softmax_tile(&mut ps, score, m_run, l_run, neg);
         l_run = l_new;
-        if comptime!(!rounded) {
-            accumulate_v(&mut acc, &ps, vc, tile, row, kv_off, alpha, hd);
-        }
+        accumulate_v(&mut acc, &ps, vc, tile, row, kv_off, alpha, hd);
         m_run = m_new;
         sync_cube();
     }
     let mut inv = 0.0f32;
     if l_run > 0.0f32 {
         inv = 1.0f32 / l_run;
-    }
-    if comptime!(rounded) {
-        for tile in 0..tiles {
-            let s = tile * 32 + u;
-            let score = score_at(
-                &qs,
-                kc,
-                vis,
-                s,
-                n,
-                t,
-                qp,
-                qseq,
-                s * row + kv_off,
-                scale,
-                neg,
-                hd,
-            );
-            let mut p = 0.0f32;
-            if score > neg {
-                p = round_to_f16(f32::exp(score - m_run) * inv);
-            }
-            ps[u] = p;
-            sync_cube();
-            accumulate_v(&mut acc, &ps, vc, tile, row, kv_off, 1.0f32, hd);
-            sync_cube();
-        }
-        inv = 1.0f32;
     }
     let mut e = u;
     while e < hd {
@@ -369,25 +589,27 @@ impl NnOps for CubeBackend {
         out
     }
 
-    fn rope(x: FloatTensor<Self>, positions: Vec<u32>, rope: Rope) -> FloatTensor<Self> {
+    fn rope(x: FloatTensor<Self>, positions: Positions, rope: Rope) -> FloatTensor<Self> {
         let x = writable(x);
         let shape = x.meta.shape().clone();
         let (t, heads, d) = (shape[0], shape[1], shape[2]);
         let half = rope.n_rot / 2;
         let total = t * heads * half;
         let client = x.client.clone();
-        // One upload per call: the positions, then the factors' bits.
-        let table: Vec<u32> = positions
-            .iter()
-            .copied()
-            .chain(rope.freq_factors.iter().map(|f| f.to_bits()))
-            .collect();
-        let table = upload_u32(&x, &table);
-        let theta_scale = rope.freq_base.powf(-2.0 / rope.n_rot as f32);
+        // Uploaded once per forward pass: every layer's q and k share the positions' copy.
+        let (_, table) = positions.device_copy.get_or(
+            |made: &(Rope, CubeTensor)| made.0 == rope && made.1.device == x.device,
+            || {
+                let table = super::rope_table(&positions.pos, &rope);
+                let bits: Vec<u32> = table.iter().map(|v| v.to_bits()).collect();
+                (rope.clone(), upload_u32(&x, &bits))
+            },
+        );
+        let soft = !native_fma(&client, &x.device);
         let (count, dim) = elementwise(&client, total);
         // SAFETY: units past `t · heads · half` return; the others touch two values of their
-        // own head (indices below `t · heads · d`, as n_rot ≤ d was checked) and read
-        // `table[token]` (t positions) and, with factors, `table[t + i]` (half factors).
+        // own head (indices below `t · heads · d`, as n_rot ≤ d was checked) and read their
+        // token's pair of the table (`t · half · 2` values).
         unsafe {
             rope_kernel::launch_unchecked(
                 &client,
@@ -398,11 +620,9 @@ impl NnOps for CubeBackend {
                 heads,
                 d,
                 half,
-                theta_scale,
-                rope.freq_scale,
                 total,
-                !rope.freq_factors.is_empty(),
                 rope.neox,
+                soft,
             );
         }
         x
@@ -415,6 +635,7 @@ impl NnOps for CubeBackend {
         let n = shape.num_elements();
         let out = empty_like(&g, shape);
         let client = g.client.clone();
+        let soft = !native_fma(&client, &g.device);
         let (count, dim) = elementwise(&client, n);
         // SAFETY: units at or past `n` return; `g`, `u` and `out` hold `n` values.
         unsafe {
@@ -426,6 +647,7 @@ impl NnOps for CubeBackend {
                 u.into_buffer_arg(),
                 out.clone().into_buffer_arg(),
                 n,
+                soft,
             );
         }
         out
@@ -491,26 +713,51 @@ impl NnOps for CubeBackend {
             },
         );
         let out = empty_like(&q, Shape::new([t, heads * hd]));
-        // SAFETY: cube (i, h) for i < t, h < heads reads q's row (i, h), cache slots below
-        // `n ≤ capacity` of KV head h / group, and the visibility table (2t + 2n entries);
-        // it writes only its own `hd` outputs.
-        unsafe {
-            attention_kernel::launch_unchecked(
-                &client,
-                CubeCount::new_2d(t as u32, heads as u32),
-                CubeDim::new_1d(ATTN_UNITS as u32),
-                q.into_buffer_arg(),
-                kc.clone().into_buffer_arg(),
-                vc.clone().into_buffer_arg(),
-                out.clone().into_buffer_arg(),
-                vis.into_buffer_arg(),
-                n,
-                heads,
-                kv_heads,
-                mask.scale,
-                hd,
-                mask.softmax == Softmax::Rounded,
-            );
+        let count = CubeCount::new_2d(t as u32, heads as u32);
+        if mask.softmax == Softmax::Rounded {
+            let soft = !native_fma(&client, &q.device);
+            // SAFETY: cube (i, h) for i < t, h < heads reads q's row (i, h), cache slots below
+            // `n ≤ capacity` of KV head h / group, and the visibility table (2t + 2n entries);
+            // it writes only its own `hd` outputs.
+            unsafe {
+                attention_exact_kernel::launch_unchecked(
+                    &client,
+                    count,
+                    CubeDim::new_1d(EXACT_UNITS as u32),
+                    q.into_buffer_arg(),
+                    kc.clone().into_buffer_arg(),
+                    vc.clone().into_buffer_arg(),
+                    out.clone().into_buffer_arg(),
+                    vis.into_buffer_arg(),
+                    n,
+                    heads,
+                    kv_heads,
+                    mask.scale,
+                    0u32,
+                    hd,
+                    t == 1,
+                    soft,
+                );
+            }
+        } else {
+            // SAFETY: as above.
+            unsafe {
+                attention_kernel::launch_unchecked(
+                    &client,
+                    count,
+                    CubeDim::new_1d(ATTN_UNITS as u32),
+                    q.into_buffer_arg(),
+                    kc.clone().into_buffer_arg(),
+                    vc.clone().into_buffer_arg(),
+                    out.clone().into_buffer_arg(),
+                    vis.into_buffer_arg(),
+                    n,
+                    heads,
+                    kv_heads,
+                    mask.scale,
+                    hd,
+                );
+            }
         }
         (out, kc, vc)
     }

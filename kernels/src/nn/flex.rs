@@ -5,7 +5,9 @@ use burn_flex::FlexTensor;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use super::{NnOps, Rope, Visibility};
+use std::sync::Arc;
+
+use super::{NnOps, Positions, Rope, Visibility};
 
 fn f32s(x: &FlexTensor) -> FlexTensor {
     x.to_contiguous()
@@ -57,7 +59,7 @@ impl NnOps for Flex {
         FlexTensor::from_data(TensorData::new(out, shape))
     }
 
-    fn rope(x: FloatTensor<Self>, positions: Vec<u32>, rope: Rope) -> FloatTensor<Self> {
+    fn rope(x: FloatTensor<Self>, positions: Positions, rope: Rope) -> FloatTensor<Self> {
         // Rotated in place when the caller's tensor is the only owner of its buffer.
         let mut x = if x.layout().contiguous_offsets().is_some_and(|(a, _)| a == 0) {
             x
@@ -67,20 +69,19 @@ impl NnOps for Flex {
         let shape = x.layout().shape().clone();
         let (heads, d) = (shape[1], shape[2]);
         let half = rope.n_rot / 2;
+        // Every layer's q and k share one table per forward pass.
+        let table = positions.device_copy.get_or::<Arc<(Rope, Vec<f32>)>>(
+            |made| made.0 == rope,
+            || Arc::new((rope.clone(), super::rope_table(&positions.pos, &rope))),
+        );
         let data: &mut [f32] = x.storage_mut();
-        let theta_scale = rope.freq_base.powf(-2.0 / rope.n_rot as f32);
-        let mut cos_sin = vec![(0.0f32, 0.0f32); half];
-        for (tok, &p) in data.chunks_exact_mut(heads * d).zip(&positions) {
-            // ggml_rope_cache_init: θ multiplied by theta_scale pair after pair, in f32.
-            let mut theta = p as f32;
-            for (i, cs) in cos_sin.iter_mut().enumerate() {
-                let ff = rope.freq_factors.get(i).copied().unwrap_or(1.0);
-                let t = rope.freq_scale * (theta / ff);
-                *cs = (t.cos(), t.sin());
-                theta *= theta_scale;
-            }
+        for (tok, cos_sin) in data
+            .chunks_exact_mut(heads * d)
+            .zip(table.1.chunks_exact(2 * half))
+        {
             for head in tok.chunks_exact_mut(d) {
-                for (i, &(c, s)) in cos_sin.iter().enumerate() {
+                for (i, cs) in cos_sin.chunks_exact(2).enumerate() {
+                    let (c, s) = (cs[0], cs[1]);
                     let (a, b) = if rope.neox {
                         (i, i + half)
                     } else {
@@ -272,7 +273,7 @@ fn softmax_exp_body(scores: &mut [f32], max: f32) -> f64 {
 /// 1.5 ulp off), lane by lane. llama.cpp's softmax and SiLU use it; using it too keeps Kiln's
 /// activations on the same side of every quantization step as llama.cpp's.
 #[inline(always)]
-pub(crate) fn ggml_expf(x: f32) -> f32 {
+pub fn ggml_expf(x: f32) -> f32 {
     let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
     let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // log2(e)
     let n = z - r;

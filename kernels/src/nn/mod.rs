@@ -1,15 +1,20 @@
 //! The transformer ops Kiln runs as its own kernels: RMSNorm, RoPE, SwiGLU, and attention over a
 //! KV cache with an explicit visibility rule (causal, and several sequences sharing a prefix).
 //!
-//! CPU (Flex) implementations follow ggml's arithmetic (f64 sums in RMSNorm, f16 K/V cache,
-//! query and probabilities rounded to f16 as ggml's f16 `mul_mat` does), so logits track
-//! llama.cpp's closely. CubeCL kernels (`cube.rs`) run the same ops on wgpu and CUDA; their K/V
-//! cache is f32 holding f16-rounded values (shader f16 is optional on wgpu). Any other backend
-//! gets [`KernelError::NoKernel`].
+//! CPU (Flex) implementations follow ggml's arithmetic (f64 sums in RMSNorm and the softmax,
+//! ggml's vectorized `expf`, f16 K/V cache, query and probabilities rounded to f16 as ggml's f16
+//! `mul_mat` does, its summation orders), so logits are llama.cpp's. The CubeCL kernels
+//! (`cube.rs`) compute the same, operation for operation, on wgpu and CUDA (their K/V cache is
+//! f32 holding f16-rounded values: shader f16 is optional on wgpu), so a model's results are
+//! bit-identical on both backends; [`Softmax::OnePass`] trades that for one sweep over K/V.
+//! Any other backend gets [`KernelError::NoKernel`].
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub(crate) mod cube;
 mod flex;
+
+/// ggml's vectorized `expf`, lane by lane (what the CPU's softmax and SiLU use).
+pub use flex::ggml_expf;
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
@@ -25,8 +30,8 @@ pub trait NnOps: Backend {
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
 
     /// Rotates the first `rope.n_rot` values of each head of `x[t, heads, d]`, token `i` at
-    /// position `positions[i]`.
-    fn rope(x: FloatTensor<Self>, positions: Vec<u32>, rope: Rope) -> FloatTensor<Self>;
+    /// position `positions.pos[i]`.
+    fn rope(x: FloatTensor<Self>, positions: Positions, rope: Rope) -> FloatTensor<Self>;
 
     /// `silu(gate) * up`.
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -61,6 +66,44 @@ pub struct Rope {
     pub neox: bool,
 }
 
+/// The positions of one forward pass's tokens. Their RoPE angles' cosines and sines
+/// ([`rope_table`]) are made once, on the host, and shared by every layer's q and k (clones
+/// share the copy).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Positions {
+    pub pos: Arc<[u32]>,
+    pub device_copy: DeviceCopy,
+}
+
+impl Positions {
+    pub fn new(pos: &[u32]) -> Self {
+        Positions {
+            pos: pos.into(),
+            device_copy: DeviceCopy::default(),
+        }
+    }
+}
+
+/// `(cos θ, sin θ)` for each token and rotated pair, `[t][n_rot / 2][2]`, as ggml's
+/// `ggml_rope_cache_init` makes them: θ = position · base^(-2i / n_rot) by repeated f32
+/// products, divided by the pair's frequency factor, times the linear scale; cosine and sine
+/// from the host's libm (both backends use this table, so they agree bit for bit).
+pub fn rope_table(pos: &[u32], rope: &Rope) -> Vec<f32> {
+    let half = rope.n_rot / 2;
+    let theta_scale = rope.freq_base.powf(-2.0 / rope.n_rot as f32);
+    let mut table = Vec::with_capacity(pos.len() * half * 2);
+    for &p in pos {
+        let mut theta = p as f32;
+        for i in 0..half {
+            let ff = rope.freq_factors.get(i).copied().unwrap_or(1.0);
+            let t = rope.freq_scale * (theta / ff);
+            table.extend([t.cos(), t.sin()]);
+            theta *= theta_scale;
+        }
+    }
+    table
+}
+
 /// Which cache slots each query sees: slot `s` is visible to query `i` when
 /// `key_pos[s] <= query_pos[i]` and [`sees`]`(query_seq[i], key_seq[s])`: the slot belongs to
 /// the query's sequence, to the shared prefix (`key_seq[s] == 0`), or to its group's prefix.
@@ -93,7 +136,7 @@ pub struct Visibility {
     pub key_seq: Arc<[u32]>,
     /// Score scale, usually `1 / sqrt(d)`.
     pub scale: f32,
-    /// How the Cube kernel computes the softmax (the CPU always rounds as ggml does).
+    /// How the Cube kernel computes the softmax (the CPU always computes ggml's).
     pub softmax: Softmax,
     /// The four arrays on the device, uploaded by the first layer that needs them and shared
     /// by the clones the other layers get.
@@ -145,9 +188,10 @@ impl PartialEq for DeviceCopy {
 /// The Cube attention kernel's softmax.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Softmax {
-    /// ggml's arithmetic, as the CPU path: probabilities normalized, then rounded to f16 before
-    /// they weigh V. Two sweeps over K (max and sum, then the weights). Results track the CPU
-    /// path's closely enough that greedy decoding agrees.
+    /// ggml's arithmetic, step for step as the CPU path: scores summed in llama.cpp's lane
+    /// orders, the maximum, ggml's `expf`, 16-lane chunk sums added in f64, probabilities
+    /// normalized and rounded to f16 before they weigh V. Three sweeps over K (maximum,
+    /// normalizer, weights). Bit-identical to the CPU.
     #[default]
     Rounded,
     /// One sweep, online softmax (flash-attention style): K and V read once, no rounding of
@@ -174,13 +218,13 @@ pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f32) -> Result<Tensor<2>>
     Ok(Tensor::from_dispatch(y))
 }
 
-pub fn rope(x: Tensor<3>, positions: &[u32], rope: &Rope) -> Result<Tensor<3>> {
+pub fn rope(x: Tensor<3>, positions: &Positions, rope: &Rope) -> Result<Tensor<3>> {
     supported("rope", &x.device())?;
     let [t, _, d] = x.dims();
-    if positions.len() != t || rope.n_rot > d || !rope.n_rot.is_multiple_of(2) {
+    if positions.pos.len() != t || rope.n_rot > d || !rope.n_rot.is_multiple_of(2) {
         return Err(KernelError::Shape(format!(
             "rope: {t} tokens with {} positions, {} rotated of {d}",
-            positions.len(),
+            positions.pos.len(),
             rope.n_rot
         )));
     }
@@ -191,7 +235,7 @@ pub fn rope(x: Tensor<3>, positions: &[u32], rope: &Rope) -> Result<Tensor<3>> {
             rope.n_rot / 2
         )));
     }
-    let y = <Dispatch as NnOps>::rope(x.into_dispatch(), positions.to_vec(), rope.clone());
+    let y = <Dispatch as NnOps>::rope(x.into_dispatch(), positions.clone(), rope.clone());
     Ok(Tensor::from_dispatch(y))
 }
 

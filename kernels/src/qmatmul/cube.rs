@@ -24,7 +24,7 @@ use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim};
 use kiln_quant::GgmlType;
 
-use super::{MATVEC_MAX_M, QMatmulOps, Reduction, Tiling};
+use super::{Arithmetic, CubeKernel, MATVEC_MAX_M, QMatmulOps, Reduction, Tiling};
 use crate::cube_blocks::{block_min, code, decode8, has_block_min, row_bytes};
 use crate::cube_util::round_to_f16;
 
@@ -760,15 +760,17 @@ impl QMatmulOps for CubeBackend {
         layout: crate::Layout,
         n: usize,
         k: usize,
-        reduction: Reduction,
-        tiling: Tiling,
+        kernel: CubeKernel,
     ) -> FloatTensor<Self> {
         assert_eq!(
             layout,
             crate::Layout::Gguf,
             "Cube weights are never repacked"
         );
-        launch_qmatmul(x, words, ty, n, k, reduction, tiling)
+        if kernel.arithmetic == Arithmetic::Cpu && super::cube_exact::serves(ty) {
+            return super::cube_exact::launch(x, words, ty, n, k);
+        }
+        launch_qmatmul(x, words, ty, n, k, kernel.reduction, kernel.tiling)
     }
 
     fn qrows(

@@ -4,7 +4,7 @@ use burn::tensor::TensorData;
 use burn_flex::FlexTensor;
 use kiln_quant::GgmlType;
 
-use super::{QMatmulOps, Reduction, Tiling};
+use super::{CubeKernel, QMatmulOps};
 use crate::{Layout, cpu};
 
 impl QMatmulOps for Flex {
@@ -15,8 +15,7 @@ impl QMatmulOps for Flex {
         layout: Layout,
         n: usize,
         k: usize,
-        _reduction: Reduction,
-        _tiling: Tiling,
+        _kernel: CubeKernel,
     ) -> FloatTensor<Self> {
         let x = x.to_contiguous();
         let x: &[f32] = x.as_slice().expect("qmatmul: f32 activations");

@@ -2,11 +2,15 @@
 //! lookups in such a matrix (token embeddings).
 //!
 //! CPU (Flex): [`crate::cpu`]'s SIMD kernels with activations quantized on the fly, as llama.cpp.
-//! Cube (wgpu, CUDA): kernels that decode the blocks as they multiply (`cube.rs`), f32
-//! activations; a mat-vec kernel for `m ≤ MATVEC_MAX_M` and a tiled one above.
+//! Cube (wgpu, CUDA): kernels that decode the blocks as they multiply. By default
+//! ([`Arithmetic::Cpu`]) they compute what the CPU kernels compute, operation for operation
+//! (`cube_exact.rs`); [`Arithmetic::Fast`] runs their own parallel sums instead (`cube.rs`): a
+//! mat-vec kernel for `m ≤ MATVEC_MAX_M` and a tiled one above.
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub(crate) mod cube;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub(crate) mod cube_exact;
 mod flex;
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
@@ -97,6 +101,42 @@ impl Tiling {
     }
 }
 
+/// How the Cube kernels add up a product.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Arithmetic {
+    /// The CPU kernels' arithmetic: activations quantized as the CPU quantizes them, integer
+    /// block sums, and the blocks' fused multiply-adds in the CPU's order, so results are
+    /// bit-identical to the Flex path for the types the CPU repacks ([`crate::cpu::x8::TYPES`]:
+    /// Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K; those kernels sum in one order on every instruction
+    /// set). One unit per output. Other types run [`Arithmetic::Fast`].
+    #[default]
+    Cpu,
+    /// The kernels' own parallel orders ([`Reduction`] for decode, [`Tiling`] above): within
+    /// float rounding of the CPU, faster where the shapes are large.
+    Fast,
+}
+
+/// Which Cube kernel variant a product runs (the CPU ignores all three).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CubeKernel {
+    pub arithmetic: Arithmetic,
+    /// The mat-vec reduction of [`Arithmetic::Fast`].
+    pub reduction: Reduction,
+    /// The tiling of [`Arithmetic::Fast`].
+    pub tiling: Tiling,
+}
+
+impl CubeKernel {
+    /// [`Arithmetic::Fast`] with these variants.
+    pub fn fast(reduction: Reduction, tiling: Tiling) -> Self {
+        CubeKernel {
+            arithmetic: Arithmetic::Fast,
+            reduction,
+            tiling,
+        }
+    }
+}
+
 /// Units per cube of the Cube mat-vec and tiled kernels.
 pub const MATVEC_CUBE_UNITS: u32 = 64;
 pub const TILED_CUBE_UNITS: u32 = 64;
@@ -104,9 +144,8 @@ pub const TILED_CUBE_UNITS: u32 = 64;
 #[backend_extension(Cube: cfg(any(feature = "wgpu", feature = "cuda")), Flex)]
 pub trait QMatmulOps: Backend {
     /// `x`: `[m, k]` f32; `words`: `n` rows of `k` values in blocks of `ty`. Returns `[m, n]`.
-    /// `reduction` and `tiling` pick the Cube kernels' variants; the CPU ignores them. `layout`:
-    /// how the blocks are arranged (the Cube backend only ever holds [`Layout::Gguf`]).
-    #[allow(clippy::too_many_arguments)]
+    /// `kernel` picks the Cube kernels' variant; the CPU ignores it. `layout`: how the blocks
+    /// are arranged (the Cube backend only ever holds [`Layout::Gguf`]).
     fn qmatmul(
         x: FloatTensor<Self>,
         words: IntTensor<Self>,
@@ -114,8 +153,7 @@ pub trait QMatmulOps: Backend {
         layout: Layout,
         n: usize,
         k: usize,
-        reduction: Reduction,
-        tiling: Tiling,
+        kernel: CubeKernel,
     ) -> FloatTensor<Self>;
 
     /// Rows `ids` of the `[n, k]` matrix in `words`, as `[ids.len(), k]` f32.
@@ -147,24 +185,13 @@ fn matrix_dims(w: &QTensor, op: &'static str) -> Result<(usize, usize)> {
 
 /// `x[m, k] · Wᵀ` for a quantized `W` of shape `[n, k]`: `[m, n]`.
 pub fn qmatmul(x: Tensor<2>, w: &QTensor) -> Result<Tensor<2>> {
-    qmatmul_with(x, w, Reduction::Auto)
+    qmatmul_with(x, w, CubeKernel::default())
 }
 
-/// [`qmatmul`] with the Cube mat-vec reduction chosen by the caller (a dispatch plan, a test
-/// of both variants). [`Reduction::Plane`] on a device without plane operations is an error.
-pub fn qmatmul_with(x: Tensor<2>, w: &QTensor, reduction: Reduction) -> Result<Tensor<2>> {
-    qmatmul_variant(x, w, reduction, Tiling::Auto)
-}
-
-/// [`qmatmul`] with both Cube variants chosen by the caller. A variant the device cannot run
-/// ([`Reduction::Plane`] without plane operations, [`Tiling::Vec4`] without the shared
-/// memory) is an error.
-pub fn qmatmul_variant(
-    x: Tensor<2>,
-    w: &QTensor,
-    reduction: Reduction,
-    tiling: Tiling,
-) -> Result<Tensor<2>> {
+/// [`qmatmul`] with the Cube kernel chosen by the caller (a dispatch plan, a test of each
+/// variant). A variant the device cannot run ([`Reduction::Plane`] without plane operations,
+/// [`Tiling::Vec4`] without the shared memory) is an error.
+pub fn qmatmul_with(x: Tensor<2>, w: &QTensor, kernel: CubeKernel) -> Result<Tensor<2>> {
     let backend = BackendKind::of(&w.device())?;
     let (n, k) = matrix_dims(w, "qmatmul")?;
     let [m, kx] = x.dims();
@@ -191,6 +218,9 @@ pub fn qmatmul_variant(
                     w.ty
                 )));
             }
+            let CubeKernel {
+                reduction, tiling, ..
+            } = kernel;
             if reduction == Reduction::Plane && !crate::device_has_planes(&w.device()) {
                 return Err(KernelError::Unsupported(
                     "qmatmul: plane reduction on a device without plane operations".into(),
@@ -219,8 +249,7 @@ pub fn qmatmul_variant(
         w.layout,
         n,
         k,
-        reduction,
-        tiling,
+        kernel,
     );
     Ok(Tensor::from_dispatch(y))
 }

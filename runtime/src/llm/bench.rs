@@ -94,7 +94,12 @@ pub fn run(
             format!("CPU ({})", kiln_kernels::cpu::active_isa().name())
         }
         kiln_kernels::BackendKind::Cube => {
-            format!("GPU (CubeCL, mat-vec {:?})", llm.model.reduction)
+            let k = llm.model.kernel;
+            format!(
+                "GPU (CubeCL, {} arithmetic, mat-vec {:?})",
+                format!("{:?}", k.arithmetic).to_lowercase(),
+                k.reduction
+            )
         }
     };
     let model = llm

@@ -235,16 +235,22 @@ pub struct Planned {
 }
 
 /// Loads `path` on `device` (`auto`, `cpu`, `wgpu[:N]`, `cuda[:N]`) among `devices` as
-/// `kiln plan` decides: on a GPU with the plan's attention variant and the mat-vec variant
-/// measured once for the device ([`crate::tune::tune_matvec`]).
-pub fn load_planned(path: &Path, device: &str, devices: &crate::Devices) -> Result<Planned> {
+/// `kiln plan` decides: on a GPU with the plan's arithmetic and attention variant and the
+/// mat-vec variant measured once for the device ([`crate::tune::tune_matvec`]). `arithmetic`
+/// overrides the plan's (`None`: the CPU path's where a kernel follows it).
+pub fn load_planned(
+    path: &Path,
+    device: &str,
+    devices: &crate::Devices,
+    arithmetic: Option<kiln_kernels::qmatmul::Arithmetic>,
+) -> Result<Planned> {
     if !path.exists() {
         return Err(RuntimeError::Usage(format!(
             "{}: no such file",
             path.display()
         )));
     }
-    let plan = crate::plan::plan_on(path, &devices.devices, device, None)?;
+    let plan = crate::plan::plan_on(path, &devices.devices, device, None, arithmetic)?;
     let info = devices.find(&plan.device.to_string())?.clone();
     let crate::plan::Kernels::Gpu(kernels) = &plan.kernels else {
         let llm = Llm::load(path, &Device::flex())?;
@@ -258,10 +264,11 @@ pub fn load_planned(path: &Path, device: &str, devices: &crate::Devices) -> Resu
     let dev = info.burn_device()?;
     let mut llm = Llm::load(path, &dev)?;
     llm.model.softmax = kernels.softmax;
+    llm.model.kernel.arithmetic = kernels.arithmetic;
     // The plan's mat-vec variant is the policy's guess; a measurement on this device (once,
     // then from the cache) decides.
     let tuned = crate::tune::tune_matvec(&info, &dev, &crate::tune::cache_dir())?;
-    llm.model.reduction = tuned.reduction;
+    llm.model.kernel.reduction = tuned.reduction;
     Ok(Planned {
         llm,
         plan,

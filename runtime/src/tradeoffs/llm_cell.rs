@@ -59,7 +59,7 @@ pub fn measure(spec: &CellSpec, progress: &mut dyn FnMut(&str)) -> Result<LlmCel
     };
     progress("loading");
     let t = Instant::now();
-    let loaded = crate::llm::load_planned(&spec.model, &spec.device, &devices)?;
+    let loaded = crate::llm::load_planned(&spec.model, &spec.device, &devices, None)?;
     let llm = loaded.llm;
     let device = llm.model.device().clone();
     let sync = || {
@@ -79,7 +79,11 @@ pub fn measure(spec: &CellSpec, progress: &mut dyn FnMut(&str)) -> Result<LlmCel
         }
     };
     let kernels = match &loaded.tuned {
-        Some(t) => format!("GPU (CubeCL), mat-vec {:?}", t.reduction),
+        Some(t) => format!(
+            "GPU (CubeCL), {} arithmetic, mat-vec {:?}",
+            format!("{:?}", llm.model.kernel.arithmetic).to_lowercase(),
+            t.reduction
+        ),
         None => format!("CPU ({})", kiln_kernels::cpu::active_isa().name()),
     };
 
