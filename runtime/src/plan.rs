@@ -436,17 +436,24 @@ fn cpu_isa(simd: Option<&SimdFeatures>) -> (&'static str, String, Vec<(String, S
             "the CPU lacks AVX-512 F/BW/VL + VNNI".to_string(),
         ));
         ("avx2", "AVX2 + FMA + F16C kernels".to_string())
+    } else if s.neon && s.dotprod {
+        (
+            "neon",
+            "NEON with the dot-product extension: SDOT does the 8-bit multiply-adds of the quantized dots".to_string(),
+        )
     } else {
-        rejected.push((
-            "avx2".to_string(),
-            "the CPU lacks AVX2/FMA/F16C".to_string(),
-        ));
-        let why = if s.neon {
-            "portable kernels: Kiln has no NEON kernels yet (ARM runs the scalar reference)"
+        if s.neon {
+            rejected.push((
+                "neon".to_string(),
+                "the CPU lacks the dot-product extension (ARMv8.2 SDOT)".to_string(),
+            ));
         } else {
-            "portable kernels"
-        };
-        ("scalar", why.to_string())
+            rejected.push((
+                "avx2".to_string(),
+                "the CPU lacks AVX2/FMA/F16C".to_string(),
+            ));
+        }
+        ("scalar", "portable kernels".to_string())
     };
     (isa.0, isa.1, rejected)
 }
@@ -1150,7 +1157,7 @@ mod tests {
     }
 
     #[test]
-    fn cpu_with_and_without_avx512() {
+    fn cpus_with_and_without_avx512_and_arm_with_and_without_sdot() {
         let m = llama_1b(GgmlType::Q4_1);
         let p = plan(&[cpu(true)], &m, &Overrides::default()).unwrap();
         assert_eq!(p.kernels, Kernels::Cpu { isa: "avx512-vnni" });
@@ -1163,6 +1170,23 @@ mod tests {
         let p = plan(&[cpu(false)], &m, &Overrides::default()).unwrap();
         assert_eq!(p.kernels, Kernels::Cpu { isa: "avx2" });
         assert_eq!(choice(&p, "cpu kernels").rejected[0].0, "avx512-vnni");
+        // 64-bit ARM: NEON with SDOT, else the scalar kernels, saying why.
+        let arm = |dotprod: bool| DeviceFacts {
+            simd: Some(SimdFeatures {
+                neon: true,
+                dotprod,
+                ..SimdFeatures::default()
+            }),
+            ..cpu(false)
+        };
+        let p = plan(&[arm(true)], &m, &Overrides::default()).unwrap();
+        assert_eq!(p.kernels, Kernels::Cpu { isa: "neon" });
+        let p = plan(&[arm(false)], &m, &Overrides::default()).unwrap();
+        assert_eq!(p.kernels, Kernels::Cpu { isa: "scalar" });
+        assert!(
+            choice(&p, "cpu kernels").rejected[0].1.contains("SDOT"),
+            "{p}"
+        );
     }
 
     #[test]

@@ -144,7 +144,7 @@ unsafe fn one_head(
         // SAFETY: the ISA's features are present (`Isa::available`); bounds as the caller's.
         Isa::Avx512Vnni => return unsafe { one_head_avx512(qkv, len, b, head, s, out, scratch) },
         Isa::Avx2 => return unsafe { one_head_avx2(qkv, len, b, head, s, out, scratch) },
-        Isa::Scalar => {}
+        Isa::Scalar | Isa::Neon => {}
     }
     let _ = isa;
     // SAFETY: as the caller's.

@@ -3,6 +3,8 @@
 //! time ([`Isa`]), spread over the cores by a spinning fork-join [`pool`].
 
 pub mod act;
+#[cfg(target_arch = "aarch64")]
+mod dot_neon;
 pub mod dot_scalar;
 #[cfg(target_arch = "x86_64")]
 mod dot_x86;
@@ -10,6 +12,8 @@ pub mod encoder;
 pub mod gemm;
 pub mod pool;
 pub mod x8;
+#[cfg(target_arch = "aarch64")]
+mod x8_neon;
 #[cfg(target_arch = "x86_64")]
 mod x8_x86;
 
@@ -24,23 +28,26 @@ pub use act::ActFormat;
 /// The instruction sets Kiln's CPU kernels are written for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
-    /// Portable Rust: the reference, and the fallback (also on ARM: NEON kernels are not written
-    /// yet).
+    /// Portable Rust: the reference, and the fallback.
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
     /// AVX2 kernels with AVX-512 VNNI's `vpdpbusd` for the 8-bit multiply-adds.
     Avx512Vnni,
+    /// 64-bit ARM: NEON with the dot-product extension (`SDOT`, ARMv8.2) for the quantized types'
+    /// x8 kernels, NEON for F32 and F16 rows; other GGUF-layout rows run the scalar dots.
+    Neon,
 }
 
 impl Isa {
-    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Neon];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512vnni",
+            Isa::Neon => "neon",
         }
     }
 
@@ -65,7 +72,12 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
+            #[allow(unreachable_patterns)]
             _ => false,
         }
     }
@@ -164,6 +176,12 @@ pub fn dot_fn(isa: Isa, ty: GgmlType) -> Option<DotFn> {
     }
     match isa {
         Isa::Scalar => pick!(dot_scalar),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon if isa.available() => Some(match ty {
+            GgmlType::F32 => safe_neon::f32,
+            GgmlType::F16 => safe_neon::f16,
+            _ => return dot_fn(Isa::Scalar, ty),
+        }),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.available() => pick!(safe_x86::avx2),
         #[cfg(target_arch = "x86_64")]
@@ -179,6 +197,7 @@ pub const ROWS: usize = 4;
 
 /// The multi-row kernel of `isa` for `ty`, where there is one.
 pub fn dot_rows_fn(isa: Isa, ty: GgmlType) -> Option<DotRowsFn> {
+    let _ = ty; // (no multi-row kernels on ARM)
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.available() => match ty {
@@ -217,6 +236,7 @@ pub type DotTileFn = fn(usize, &[&[u8]; TILE_W], &[&[u8]; ROWS]) -> [[f32; ROWS]
 
 /// The tile kernel of `isa` for `ty`, where there is one.
 pub fn dot_tile_fn(isa: Isa, ty: GgmlType) -> Option<DotTileFn> {
+    let _ = ty; // (no tile kernels on ARM)
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.available() => match ty {
@@ -280,6 +300,20 @@ mod safe_x86 {
         wrap!(@fns avx512vnni: f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k);
         wrap_rows!(avx512vnni: f16_rows, q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, q4_k_rows, q5_k_rows, q6_k_rows);
         wrap_tile!(avx512vnni: q4_0_tile, q4_1_tile, q8_0_tile, f16_tile);
+    }
+}
+
+/// Safe entry points to the NEON dots: [`dot_fn`] hands them out only after checking the CPU.
+#[cfg(target_arch = "aarch64")]
+mod safe_neon {
+    pub fn f32(k: usize, w: &[u8], a: &[u8]) -> f32 {
+        // SAFETY: reached only through `dot_fn`, which checked that the CPU has NEON.
+        unsafe { super::dot_neon::f32(k, w, a) }
+    }
+
+    pub fn f16(k: usize, w: &[u8], a: &[u8]) -> f32 {
+        // SAFETY: as above.
+        unsafe { super::dot_neon::f16(k, w, a) }
     }
 }
 
