@@ -11,8 +11,9 @@
 //!
 //! Two kernels, one order: below [`TILED_FROM`] activation rows one unit per output
 //! ([`qmatmul_exact_kernel`]); above, 32 × 32 output tiles ([`qmatmul_exact_tiled_kernel`])
-//! whose weight and activation words for one 32-value step sit in shared memory, each unit
-//! owning 4 × 4 outputs.
+//! whose values for one 32-value step sit in shared memory, each unit owning 4 × 4 outputs and
+//! summing the integer products exactly with f32 vec4 FMAs (WGSL has no 8-bit dot product:
+//! CubeCL's `dp4a` is a byte-by-byte polyfill there).
 
 // Kernel code is CubeCL's language: `%` instead of `is_multiple_of`.
 #![allow(clippy::manual_is_multiple_of)]
@@ -210,22 +211,136 @@ fn dot4(a: u32, b: u32) -> i32 {
     dp4a(i32::cast_from(a), i32::cast_from(b), 0i32)
 }
 
-/// The integer part of one 32-value step for the non-lane types: `Σ w·y` minus the offset
-/// times `Σ y` (Q4_0: 8, Q5_0: 16; Q6_K takes its offset per 16-value group itself).
+/// One 32-value step's integer terms for the types summed per block, `(to isum, to mins)`, from
+/// the step's dot products `lo` (values 0..16) and `hi` (16..32): Q4_0/Q5_0/Q8_0 `Σ w·y` minus the
+/// offset (8, 16, 0) times the block's `Σ y` (`y0`); Q4_K the sub-block's `sc·Σ q·y`
+/// (`s0 = sc`) and `m·Σ y` (`s1 = m`, `y0 + y1` its two 16-value sums); Q6_K
+/// `Σ sc_g·(Σ q·y − 32·Σ y)` over its two 16-value groups (`s0`, `s1`; `y0`, `y1`).
 #[cube]
-fn step_dot(w: &Array<u32>, x: &Array<u32>, ysum: i32, #[comptime] ty: u32) -> i32 {
-    let mut isum = 0i32;
-    #[unroll]
-    for l in 0..8usize {
-        isum += dot4(w[l], x[l]);
-    }
+#[allow(unused_assignments, clippy::too_many_arguments)]
+fn sums_from_dots(
+    lo: i32,
+    hi: i32,
+    s0: i32,
+    s1: i32,
+    y0: i32,
+    y1: i32,
+    #[comptime] ty: u32,
+) -> (i32, i32) {
+    let mut isum = lo + hi;
+    let mut mins = 0i32;
     if comptime!(ty == T_Q4_0) {
-        isum -= 8i32 * ysum;
+        isum -= 8i32 * y0;
     }
     if comptime!(ty == T_Q5_0) {
-        isum -= 16i32 * ysum;
+        isum -= 16i32 * y0;
     }
-    isum
+    if comptime!(ty == T_Q4_K) {
+        isum *= s0;
+        mins = s1 * (y0 + y1);
+    }
+    if comptime!(ty == T_Q6_K) {
+        isum = s0 * (lo - 32i32 * y0) + s1 * (hi - 32i32 * y1);
+    }
+    (isum, mins)
+}
+
+/// [`sums_from_dots`] of one step's words (`dp4a` on each pair).
+#[cube]
+fn step_sums(
+    w: &Array<u32>,
+    x: &Array<u32>,
+    s0: i32,
+    s1: i32,
+    y0: i32,
+    y1: i32,
+    #[comptime] ty: u32,
+) -> (i32, i32) {
+    let mut lo = 0i32;
+    let mut hi = 0i32;
+    #[unroll]
+    for l in 0..4usize {
+        lo += dot4(w[l], x[l]);
+        hi += dot4(w[l + 4], x[l + 4]);
+    }
+    sums_from_dots(lo, hi, s0, s1, y0, y1, ty)
+}
+
+/// Q4_1's step (one block): each lane's word product into its accumulator
+/// (`lanes[at + l] = fma(scale, Σ, lanes[at + l])`).
+#[cube]
+fn q4_1_step(
+    lanes: &mut Array<f32>,
+    #[comptime] at: usize,
+    w: &Array<u32>,
+    x: &Array<u32>,
+    scale: f32,
+    #[comptime] soft: bool,
+) {
+    #[unroll]
+    for l in 0..8usize {
+        lanes[at + l] = fmadd(scale, f32::cast_from(dot4(w[l], x[l])), lanes[at + l], soft);
+    }
+}
+
+/// The block scalars of weight row `rb` for block `b` (step `t` of it): `(d, m or dmin, s0, s1)`,
+/// `s0`/`s1` as [`step_sums`] takes them.
+#[cube]
+#[allow(unused_assignments)]
+fn weight_scalars(
+    words: &[u32],
+    rb: usize,
+    b: usize,
+    t: usize,
+    block_bytes: usize,
+    #[comptime] ty: u32,
+) -> (f32, f32, i32, i32) {
+    let base = rb + b * block_bytes;
+    let mut d = 0.0f32;
+    let mut m = 0.0f32;
+    let mut s0 = 0i32;
+    let mut s1 = 0i32;
+    if comptime!(ty == T_Q4_K) {
+        let (sc, mn) = scale_min_k4(words, base + 4, t);
+        s0 = i32::cast_from(sc);
+        s1 = i32::cast_from(mn);
+        d = f16_bits_to_f32(u16_at(words, base));
+        m = f16_bits_to_f32(u16_at(words, base + 2));
+    } else if comptime!(ty == T_Q6_K) {
+        s0 = sbyte_at(words, base + 192 + 2 * t);
+        s1 = sbyte_at(words, base + 192 + 2 * t + 1);
+        d = f16_bits_to_f32(u16_at(words, base + 208));
+    } else {
+        d = f16_bits_to_f32(u16_at(words, base));
+        if comptime!(ty == T_Q4_1) {
+            m = f16_bits_to_f32(u16_at(words, base + 2));
+        }
+    }
+    (d, m, s0, s1)
+}
+
+/// The block's multiply-adds after its integer sums (every type but Q4_1, whose lanes take
+/// theirs per step): `acc = fma(d·d_a, isum, acc)`, Q4_K also
+/// `acc_m = fma(-(dmin·d_a), mins, acc_m)`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn block_fma(
+    acc: f32,
+    acc_m: f32,
+    isum: i32,
+    mins: i32,
+    d: f32,
+    dmin: f32,
+    ad: f32,
+    #[comptime] ty: u32,
+    #[comptime] soft: bool,
+) -> (f32, f32) {
+    let a = fmadd(d * ad, f32::cast_from(isum), acc, soft);
+    let mut am = acc_m;
+    if comptime!(ty == T_Q4_K) {
+        am = fmadd(-(dmin * ad), f32::cast_from(mins), acc_m, soft);
+    }
+    (a, am)
 }
 
 /// Output `(r, o)` per unit — activation row `r = CUBE_POS_Y`, weight row
@@ -255,6 +370,7 @@ fn qmatmul_exact_kernel(
     let k_quant = comptime!(ty == T_Q4_K || ty == T_Q6_K);
     let bs = comptime!(if k_quant { 256usize } else { 32usize });
     let nb = k / bs;
+    let block_bytes = row_bytes / nb;
     let mut lanes = Array::<f32>::new(8usize);
     #[unroll]
     for l in 0..8usize {
@@ -270,6 +386,8 @@ fn qmatmul_exact_kernel(
         let ad = xd[ab];
         let mut isum = 0i32;
         let mut mins = 0i32;
+        let mut d = 0.0f32;
+        let mut dm = 0.0f32;
         // 32-value steps of the block (one for the 32-value types, eight for the K-quants).
         for t in 0..comptime!(bs / 32) {
             let j0 = b * bs + t * 32;
@@ -278,46 +396,28 @@ fn qmatmul_exact_kernel(
                 w[l] = qword(words, rb, j0 + 4 * l, ty);
                 x[l] = xq[(r * k + j0) / 4 + l];
             }
+            let (wd, wm, s0, s1) = weight_scalars(words, rb, b, t, block_bytes, ty);
+            d = wd;
+            dm = wm;
             if comptime!(ty == T_Q4_1) {
-                let base = rb + b * 20;
-                summs += f16_bits_to_f32(u16_at(words, base + 2)) * xs[ab];
-                let scale = f16_bits_to_f32(u16_at(words, base)) * ad;
-                #[unroll]
-                for l in 0..8usize {
-                    lanes[l] = fmadd(scale, f32::cast_from(dot4(w[l], x[l])), lanes[l], soft);
-                }
-            } else if comptime!(ty == T_Q4_K) {
-                let (sc, mn) = scale_min_k4(words, rb + b * 144 + 4, t);
-                isum += i32::cast_from(sc) * step_dot(&w, &x, 0i32, ty);
-                mins += i32::cast_from(mn) * (xsums[ab * 16 + 2 * t] + xsums[ab * 16 + 2 * t + 1]);
-            } else if comptime!(ty == T_Q6_K) {
-                #[unroll]
-                for g in 0..2usize {
-                    let mut dot = 0i32;
-                    #[unroll]
-                    for l in 0..4usize {
-                        dot += dot4(w[4 * g + l], x[4 * g + l]);
-                    }
-                    let group = 2 * t + g;
-                    isum += sbyte_at(words, rb + b * 210 + 192 + group)
-                        * (dot - 32i32 * xsums[ab * 16 + group]);
-                }
+                summs += wm * xs[ab];
+                q4_1_step(&mut lanes, 0usize, &w, &x, wd * ad, soft);
             } else {
-                isum = step_dot(&w, &x, xsums[ab], ty);
+                let mut y0 = xsums[ab];
+                let mut y1 = 0i32;
+                if comptime!(k_quant) {
+                    y0 = xsums[ab * 16 + 2 * t];
+                    y1 = xsums[ab * 16 + 2 * t + 1];
+                }
+                let (di, dmi) = step_sums(&w, &x, s0, s1, y0, y1, ty);
+                isum += di;
+                mins += dmi;
             }
         }
-        if comptime!(ty == T_Q4_K) {
-            let base = rb + b * 144;
-            let scale = f16_bits_to_f32(u16_at(words, base)) * ad;
-            let scale_min = -(f16_bits_to_f32(u16_at(words, base + 2)) * ad);
-            acc = fmadd(scale, f32::cast_from(isum), acc, soft);
-            acc_m = fmadd(scale_min, f32::cast_from(mins), acc_m, soft);
-        } else if comptime!(ty == T_Q6_K) {
-            let scale = f16_bits_to_f32(u16_at(words, rb + b * 210 + 208)) * ad;
-            acc = fmadd(scale, f32::cast_from(isum), acc, soft);
-        } else if comptime!(ty != T_Q4_1) {
-            let scale = f16_bits_to_f32(u16_at(words, rb + b * (row_bytes / nb))) * ad;
-            acc = fmadd(scale, f32::cast_from(isum), acc, soft);
+        if comptime!(ty != T_Q4_1) {
+            let (a, am) = block_fma(acc, acc_m, isum, mins, d, dm, ad, ty, soft);
+            acc = a;
+            acc_m = am;
         }
     }
     out[r * n + o] = finish(&lanes, acc, acc_m, summs, zero, ty);
@@ -351,11 +451,31 @@ fn finish(
     y
 }
 
-/// 32 × 32 outputs per cube of 8 × 8 units; unit `(tr, tc)` owns activation rows `tr + 8i` and
-/// weight rows `tc + 8j` (`i, j < 4`). Per 32-value step the cube stages the 32 weight rows'
-/// and 32 activation rows' words (and the block scalars) in shared memory; each output then
-/// takes the same integer sums and fused multiply-adds, in the same order, as
-/// [`qmatmul_exact_kernel`].
+type V4 = Vector<f32, Const<4>>;
+
+/// The four 8-bit values of a packed word as floats (`signed`: two's complement).
+#[cube]
+fn unpack4(word: u32, #[comptime] signed: bool) -> Array<f32> {
+    let mut out = Array::<f32>::new(4usize);
+    #[unroll]
+    for i in 0..4usize {
+        let byte = (word >> comptime!((8 * i) as u32)) & 0xFFu32;
+        let mut v = i32::cast_from(byte);
+        if comptime!(signed) {
+            v -= i32::cast_from(byte >= 128u32) * 256;
+        }
+        out[i] = f32::cast_from(v);
+    }
+    out
+}
+
+/// 32 × 32 outputs per cube of 8 × 8 units; unit `(tr, tc)` owns activation rows `4tr .. 4tr + 3`
+/// and weight rows `4tc .. 4tc + 3`. Per 32-value step the cube stages both sides' values in
+/// shared memory as vec4s of four rows, and each unit sums their products with f32 vec4 FMAs:
+/// the values are small integers and every partial sum stays below 2^24 (a step's 32 products of
+/// at most 127 · 127), so those sums are exact in any order. The step's partial sums — one per
+/// step, Q6_K two (its 16-value groups), Q4_1 eight (ggml's lanes) — then take the same integer
+/// terms and fused multiply-adds, in the same order, as [`qmatmul_exact_kernel`].
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments, unused_assignments)]
 fn qmatmul_exact_tiled_kernel(
@@ -381,16 +501,23 @@ fn qmatmul_exact_tiled_kernel(
     let k_quant = comptime!(ty == T_Q4_K || ty == T_Q6_K);
     let bs = comptime!(if k_quant { 256usize } else { 32usize });
     let nb = k / bs;
-    // Words of the step: [row][8]; per-row block scalars.
-    let mut ws = Shared::<[u32]>::new_slice(256usize);
-    let mut xw = Shared::<[u32]>::new_slice(256usize);
-    // Weight rows: d, and Q4_1's m or Q4_K's dmin; the step's sub-block scales (Q4_K: sc, m;
-    // Q6_K: its two groups' scales).
+    // Partial sums per step and the values each covers.
+    let parts = comptime!(if ty == T_Q4_1 {
+        8usize
+    } else if ty == T_Q6_K {
+        2usize
+    } else {
+        1usize
+    });
+    let span = comptime!(32 / parts);
+    // Values of the step, K-major: [kk][row group] (vec4 of 4 rows).
+    let mut ws = Shared::<[V4]>::new_slice(256usize);
+    let mut xw = Shared::<[V4]>::new_slice(256usize);
+    // Weight rows: d, and Q4_1's m or Q4_K's dmin; [`step_sums`]' s0, s1.
     let mut wd = Shared::<[f32]>::new_slice(32usize);
     let mut wm = Shared::<[f32]>::new_slice(32usize);
     let mut wsub = Shared::<[i32]>::new_slice(64usize);
-    // Activation rows: d, Q8_1's s, the step's sums (Q8_0/Q8_1: the block's; Q8_K: its two
-    // 16-value groups').
+    // Activation rows: d, Q8_1's s, [`step_sums`]' y0, y1.
     let mut xdv = Shared::<[f32]>::new_slice(32usize);
     let mut xsv = Shared::<[f32]>::new_slice(32usize);
     let mut xsub = Shared::<[i32]>::new_slice(64usize);
@@ -414,51 +541,58 @@ fn qmatmul_exact_tiled_kernel(
         isum[a] = 0i32;
         mins[a] = 0i32;
     }
-    let mut w = Array::<u32>::new(8usize);
-    let mut x = Array::<u32>::new(8usize);
-    let lrow = u / 2;
-    let lhalf = (u % 2) * 4;
+    let mut part = Array::<V4>::new(comptime!(4 * parts));
+    // Unit u stages values 4(u % 8) .. + 3 of the step for row group u / 8 of both sides.
+    let sg = u / 8;
+    let sk = (u % 8) * 4;
     for b in 0..nb {
         for t in 0..comptime!(bs / 32) {
             let j0 = b * bs + t * 32;
-            // Stage the step: unit u loads four words of row u / 2, and (u < 32) the scalars of
-            // weight row u, (u ≥ 32) those of activation row u − 32.
-            let wr = tile_n + lrow;
-            let xr = tile_m + lrow;
+            let mut wv = Array::<V4>::new(4usize);
+            let mut xv = Array::<V4>::new(4usize);
             #[unroll]
-            for l in 0..4usize {
-                let mut wv = 0u32;
+            for q in 0..4usize {
+                wv[q] = V4::broadcast(0.0f32);
+                xv[q] = V4::broadcast(0.0f32);
+            }
+            #[unroll]
+            for rr in 0..4usize {
+                let wr = tile_n + sg * 4 + rr;
                 if wr < n {
-                    wv = qword(words, wr * row_bytes, j0 + 4 * (lhalf + l), ty);
+                    let word = qword(words, wr * row_bytes, j0 + sk, ty);
+                    let vals = unpack4(word, comptime!(ty == T_Q8_0));
+                    #[unroll]
+                    for q in 0..4usize {
+                        let mut v = wv[q];
+                        v.insert(rr, vals[q]);
+                        wv[q] = v;
+                    }
                 }
-                ws[lrow * 8 + lhalf + l] = wv;
-                let mut xv = 0u32;
+                let xr = tile_m + sg * 4 + rr;
                 if xr < m {
-                    xv = xq[(xr * k + j0) / 4 + lhalf + l];
+                    let vals = unpack4(xq[(xr * k + j0 + sk) / 4], true);
+                    #[unroll]
+                    for q in 0..4usize {
+                        let mut v = xv[q];
+                        v.insert(rr, vals[q]);
+                        xv[q] = v;
+                    }
                 }
-                xw[lrow * 8 + lhalf + l] = xv;
+            }
+            #[unroll]
+            for q in 0..4usize {
+                ws[(sk + q) * 8 + sg] = wv[q];
+                xw[(sk + q) * 8 + sg] = xv[q];
             }
             if u < 32 {
                 let row = tile_n + u;
                 if row < n {
-                    let rb = row * row_bytes;
-                    if comptime!(ty == T_Q4_K) {
-                        let (sc, mn) = scale_min_k4(words, rb + b * 144 + 4, t);
-                        wsub[2 * u] = i32::cast_from(sc);
-                        wsub[2 * u + 1] = i32::cast_from(mn);
-                        wd[u] = f16_bits_to_f32(u16_at(words, rb + b * 144));
-                        wm[u] = f16_bits_to_f32(u16_at(words, rb + b * 144 + 2));
-                    } else if comptime!(ty == T_Q6_K) {
-                        wsub[2 * u] = sbyte_at(words, rb + b * 210 + 192 + 2 * t);
-                        wsub[2 * u + 1] = sbyte_at(words, rb + b * 210 + 192 + 2 * t + 1);
-                        wd[u] = f16_bits_to_f32(u16_at(words, rb + b * 210 + 208));
-                    } else {
-                        let base = rb + b * (row_bytes / nb);
-                        wd[u] = f16_bits_to_f32(u16_at(words, base));
-                        if comptime!(ty == T_Q4_1) {
-                            wm[u] = f16_bits_to_f32(u16_at(words, base + 2));
-                        }
-                    }
+                    let (d, m2, s0, s1) =
+                        weight_scalars(words, row * row_bytes, b, t, row_bytes / nb, ty);
+                    wd[u] = d;
+                    wm[u] = m2;
+                    wsub[2 * u] = s0;
+                    wsub[2 * u + 1] = s1;
                 }
             } else {
                 let v = u - 32;
@@ -478,45 +612,53 @@ fn qmatmul_exact_tiled_kernel(
                 }
             }
             sync_cube();
+            // The step's exact partial sums, 4 × 4 outputs.
+            #[unroll]
+            for a in 0..comptime!(4 * parts) {
+                part[a] = V4::broadcast(0.0f32);
+            }
+            #[unroll]
+            for kk in 0..32usize {
+                let p = comptime!(kk / span);
+                let xv = xw[kk * 8 + tr];
+                let wv = ws[kk * 8 + tc];
+                #[unroll]
+                for i in 0..4usize {
+                    part[p * 4 + i] += V4::broadcast(xv.extract(i)) * wv;
+                }
+            }
             #[unroll]
             for i in 0..4usize {
-                let r = tr + 8 * i;
+                let r = 4 * tr + i;
                 #[unroll]
-                for l in 0..8usize {
-                    x[l] = xw[r * 8 + l];
-                }
-                #[unroll]
-                for jj in 0..4usize {
-                    let c = tc + 8 * jj;
-                    let a = i * 4 + jj;
-                    #[unroll]
-                    for l in 0..8usize {
-                        w[l] = ws[c * 8 + l];
-                    }
+                for j in 0..4usize {
+                    let c = 4 * tc + j;
+                    let a = i * 4 + j;
                     if comptime!(ty == T_Q4_1) {
                         summs[a] += wm[c] * xsv[r];
                         let scale = wd[c] * xdv[r];
                         #[unroll]
                         for l in 0..8usize {
                             let at = a * 8 + l;
-                            lanes[at] =
-                                fmadd(scale, f32::cast_from(dot4(w[l], x[l])), lanes[at], soft);
-                        }
-                    } else if comptime!(ty == T_Q4_K) {
-                        isum[a] += wsub[2 * c] * step_dot(&w, &x, 0i32, ty);
-                        mins[a] += wsub[2 * c + 1] * (xsub[2 * r] + xsub[2 * r + 1]);
-                    } else if comptime!(ty == T_Q6_K) {
-                        #[unroll]
-                        for g in 0..2usize {
-                            let mut dot = 0i32;
-                            #[unroll]
-                            for l in 0..4usize {
-                                dot += dot4(w[4 * g + l], x[4 * g + l]);
-                            }
-                            isum[a] += wsub[2 * c + g] * (dot - 32i32 * xsub[2 * r + g]);
+                            lanes[at] = fmadd(scale, part[l * 4 + i].extract(j), lanes[at], soft);
                         }
                     } else {
-                        isum[a] = step_dot(&w, &x, xsub[2 * r], ty);
+                        let lo = i32::cast_from(part[i].extract(j));
+                        let mut hi = 0i32;
+                        if comptime!(ty == T_Q6_K) {
+                            hi = i32::cast_from(part[4 + i].extract(j));
+                        }
+                        let (di, dmi) = sums_from_dots(
+                            lo,
+                            hi,
+                            wsub[2 * c],
+                            wsub[2 * c + 1],
+                            xsub[2 * r],
+                            xsub[2 * r + 1],
+                            ty,
+                        );
+                        isum[a] += di;
+                        mins[a] += dmi;
                     }
                 }
             }
@@ -526,19 +668,18 @@ fn qmatmul_exact_tiled_kernel(
             // The block's fused multiply-adds (its scalars are still staged: the last step's).
             #[unroll]
             for i in 0..4usize {
-                let r = tr + 8 * i;
+                let r = 4 * tr + i;
                 #[unroll]
-                for jj in 0..4usize {
-                    let c = tc + 8 * jj;
-                    let a = i * 4 + jj;
-                    let scale = wd[c] * xdv[r];
-                    acc[a] = fmadd(scale, f32::cast_from(isum[a]), acc[a], soft);
-                    if comptime!(ty == T_Q4_K) {
-                        let scale_min = -(wm[c] * xdv[r]);
-                        acc_m[a] = fmadd(scale_min, f32::cast_from(mins[a]), acc_m[a], soft);
-                        mins[a] = 0i32;
-                    }
+                for j in 0..4usize {
+                    let c = 4 * tc + j;
+                    let a = i * 4 + j;
+                    let (f, fm) = block_fma(
+                        acc[a], acc_m[a], isum[a], mins[a], wd[c], wm[c], xdv[r], ty, soft,
+                    );
+                    acc[a] = f;
+                    acc_m[a] = fm;
                     isum[a] = 0i32;
+                    mins[a] = 0i32;
                 }
             }
             sync_cube();
@@ -546,11 +687,11 @@ fn qmatmul_exact_tiled_kernel(
     }
     #[unroll]
     for i in 0..4usize {
-        let r = tile_m + tr + 8 * i;
+        let r = tile_m + 4 * tr + i;
         #[unroll]
-        for jj in 0..4usize {
-            let c = tile_n + tc + 8 * jj;
-            let a = i * 4 + jj;
+        for j in 0..4usize {
+            let c = tile_n + 4 * tc + j;
+            let a = i * 4 + j;
             let mut l8 = Array::<f32>::new(8usize);
             #[unroll]
             for l in 0..8usize {
