@@ -511,7 +511,7 @@ fn gpu_arithmetic(
     choices: &mut Vec<Choice>,
 ) -> Arithmetic {
     let exact = kiln_kernels::cpu::x8::supported(format);
-    let fast_why = "the kernels' own parallel sums (mat-vec reductions, tiles): faster for prompts, but logits drift from the CPU's (up to 0.8 on SmolLM2's parity prompts) and near-tied argmaxes flip (2 of 135)";
+    let fast_why = "the kernels' own parallel sums (mat-vec reductions, tiles): faster for prompts (3.3× on llvmpipe, whose fma rounds twice; decode as fast), but logits drift from the CPU's (up to 0.8 on SmolLM2's parity prompts) and near-tied argmaxes flip (2 of 135)";
     let (arithmetic, why, rejected) = match asked {
         Some(Arithmetic::Fast) => (
             Arithmetic::Fast,
