@@ -300,11 +300,18 @@ pub type X8Fn<const R: usize> = fn(usize, &[u8], &[ActRow; R]) -> [[f32; GROUP];
 /// Activation rows per call of the batched kernel.
 pub const ROWS: usize = 4;
 
+/// `R` activation rows against two consecutive groups (`w` holds both): `[row][16 outputs]`,
+/// the first group's eight, then the second's.
+pub type PairFn<const R: usize> = fn(usize, &[u8], &[ActRow; R]) -> [[f32; 2 * GROUP]; R];
+
 struct Kernels {
     one: X8Fn<1>,
     /// `None`: batches run row by row (Q4_1, whose eight lane accumulators per row fill the
     /// registers).
     rows: Option<X8Fn<ROWS>>,
+    /// Kernels over two groups at once (512-bit vectors), bit-identical to the above, for one
+    /// row and for [`ROWS`] rows.
+    pair: Option<(PairFn<1>, PairFn<ROWS>)>,
 }
 
 fn kernels(isa: Isa, ty: GgmlType) -> Kernels {
@@ -315,26 +322,32 @@ fn kernels(isa: Isa, ty: GgmlType) -> Kernels {
                 GgmlType::Q4_0 => Kernels {
                     one: m::q4_0::<1>,
                     rows: Some(m::q4_0::<ROWS>),
+                    pair: None,
                 },
                 GgmlType::Q5_0 => Kernels {
                     one: m::q5_0::<1>,
                     rows: Some(m::q5_0::<ROWS>),
+                    pair: None,
                 },
                 GgmlType::Q8_0 => Kernels {
                     one: m::q8_0::<1>,
                     rows: Some(m::q8_0::<ROWS>),
+                    pair: None,
                 },
                 GgmlType::Q4_K => Kernels {
                     one: m::q4_k::<1>,
                     rows: Some(m::q4_k::<ROWS>),
+                    pair: None,
                 },
                 GgmlType::Q6_K => Kernels {
                     one: m::q6_k::<1>,
                     rows: Some(m::q6_k::<ROWS>),
+                    pair: None,
                 },
                 _ => Kernels {
                     one: m::q4_1::<1>,
                     rows: None,
+                    pair: None,
                 },
             }
         }};
@@ -343,7 +356,19 @@ fn kernels(isa: Isa, ty: GgmlType) -> Kernels {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.available() => pick!(safe_x86::avx2),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni if isa.available() => pick!(safe_x86::avx512vnni),
+        Isa::Avx512Vnni if isa.available() => {
+            use safe_x86::zmm;
+            let pair: Option<(PairFn<1>, PairFn<ROWS>)> = match ty {
+                GgmlType::Q4_0 => Some((zmm::q4_0::<1>, zmm::q4_0::<ROWS>)),
+                GgmlType::Q5_0 => Some((zmm::q5_0::<1>, zmm::q5_0::<ROWS>)),
+                GgmlType::Q8_0 => Some((zmm::q8_0::<1>, zmm::q8_0::<ROWS>)),
+                _ => None,
+            };
+            Kernels {
+                pair,
+                ..pick!(safe_x86::avx512vnni)
+            }
+        }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon if isa.available() => pick!(safe_neon::neon),
         _ => pick!(scalar),
@@ -458,35 +483,71 @@ pub fn qmatmul(
     let a_row = act.row_bytes(k);
     let a = super::quantize_acts(act, x, m, k);
     let sc = Scalars::of(ty, act, &a, m, nb);
-    let row = |i: usize| ActRow {
-        q: &a[i * a_row..(i + 1) * a_row],
-        d: &sc.d[i * nb..(i + 1) * nb],
-        c: &sc.c[i * nb * sc.per_c..(i + 1) * nb * sc.per_c],
-        s: &sc.s[i * nb * sc.per_s..(i + 1) * nb * sc.per_s],
-    };
+    // Every row's slices once: the kernels borrow `ROWS` of them at a time.
+    let act_rows: Vec<ActRow> = (0..m)
+        .map(|i| ActRow {
+            q: &a[i * a_row..(i + 1) * a_row],
+            d: &sc.d[i * nb..(i + 1) * nb],
+            c: &sc.c[i * nb * sc.per_c..(i + 1) * nb * sc.per_c],
+            s: &sc.s[i * nb * sc.per_s..(i + 1) * nb * sc.per_s],
+        })
+        .collect();
+    let one_row = |i: usize| -> &[ActRow; 1] { (&act_rows[i..i + 1]).try_into().expect("one row") };
+    let four_rows =
+        |i: usize| -> &[ActRow; ROWS] { (&act_rows[i..i + ROWS]).try_into().expect("ROWS rows") };
     let kern = kernels(isa, ty);
     let group_bytes = nb * packed_block(ty);
     let groups = n / GROUP;
     let pool = pool::pool();
     let threads = pool.threads();
 
-    // Runs activation rows `rows` against group `g`, handing each row's 8 outputs to `put`.
-    let run = |g: usize, rows: Range<usize>, put: &mut dyn FnMut(usize, &[f32; GROUP])| {
+    // Runs activation rows `rows` against group `g`, handing each row's 8 outputs to `put`
+    // (row, group, outputs).
+    let run = |g: usize, rows: Range<usize>, put: &mut dyn FnMut(usize, usize, &[f32])| {
         let wg = &w[g * group_bytes..(g + 1) * group_bytes];
         let mut i = rows.start;
         if let Some(f) = kern.rows {
             while i + ROWS <= rows.end {
-                let y = f(nb, wg, &std::array::from_fn(|r| row(i + r)));
+                let y = f(nb, wg, four_rows(i));
                 for (r, y) in y.iter().enumerate() {
-                    put(i + r, y);
+                    put(i + r, g, y);
                 }
                 i += ROWS;
             }
         }
         for i in i..rows.end {
-            put(i, &(kern.one)(nb, wg, &[row(i)])[0]);
+            put(i, g, &(kern.one)(nb, wg, one_row(i))[0]);
         }
     };
+    // Groups `groups` (all of them, for rows `rows`), two at a time where the kernels allow.
+    let run_groups =
+        |groups: Range<usize>, rows: Range<usize>, put: &mut dyn FnMut(usize, usize, &[f32])| {
+            let mut g = groups.start;
+            if let Some((one, four)) = kern.pair {
+                while g + 2 <= groups.end {
+                    let wg = &w[g * group_bytes..(g + 2) * group_bytes];
+                    let mut i = rows.start;
+                    let mut put2 = |i: usize, y: &[f32; 2 * GROUP]| {
+                        put(i, g, &y[..GROUP]);
+                        put(i, g + 1, &y[GROUP..]);
+                    };
+                    while i + ROWS <= rows.end {
+                        let y = four(nb, wg, four_rows(i));
+                        for (r, y) in y.iter().enumerate() {
+                            put2(i + r, y);
+                        }
+                        i += ROWS;
+                    }
+                    for i in i..rows.end {
+                        put2(i, &one(nb, wg, one_row(i))[0]);
+                    }
+                    g += 2;
+                }
+            }
+            for g in g..groups.end {
+                run(g, rows.clone(), put);
+            }
+        };
 
     if m >= SPLIT_ROWS_FROM && threads > 1 {
         // Prompts: each thread its own activation rows, all the weights; output rows disjoint.
@@ -500,12 +561,10 @@ pub fn qmatmul(
             let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
             for c0 in mine.clone().step_by(ROW_CHUNK) {
                 let c1 = (c0 + ROW_CHUNK).min(mine.end);
-                for g in 0..groups {
-                    run(g, c0..c1, &mut |i, y| {
-                        let at = (i - mine.start) * n + g * GROUP;
-                        part[at..at + GROUP].copy_from_slice(y);
-                    });
-                }
+                run_groups(0..groups, c0..c1, &mut |i, g, y| {
+                    let at = (i - mine.start) * n + g * GROUP;
+                    part[at..at + GROUP].copy_from_slice(y);
+                });
             }
         });
         return out;
@@ -519,13 +578,12 @@ pub fn qmatmul(
     pool.run(&|t: usize| {
         let mine = pool::share(groups, threads, t);
         let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
-        for (gi, g) in mine.enumerate() {
-            run(g, 0..m, &mut |i, y| {
-                for (q, v) in y.iter().enumerate() {
-                    part[(gi * GROUP + q) * m + i] = *v;
-                }
-            });
-        }
+        let first = mine.start;
+        run_groups(mine, 0..m, &mut |i, g, y| {
+            for (q, v) in y.iter().enumerate() {
+                part[((g - first) * GROUP + q) * m + i] = *v;
+            }
+        });
     });
     if m == 1 {
         return out_t;
@@ -725,6 +783,23 @@ mod safe_x86 {
     }
     wrap!(avx2: q4_0, q4_1, q5_0, q8_0, q4_k, q6_k);
     wrap!(avx512vnni: q4_0, q4_1, q5_0, q8_0, q4_k, q6_k);
+
+    /// The two-group kernels: `w` holds two whole groups.
+    pub mod zmm {
+        use super::super::super::x8_x86::zmm::Pair;
+        use super::super::ActRow;
+        macro_rules! wrap_pair {
+            ($($f:ident),*) => {
+                $(pub fn $f<const R: usize>(nb: usize, w: &[u8], a: &[ActRow; R]) -> Pair<R> {
+                    // SAFETY: reached only through `kernels`, which checked the CPU's features
+                    // (AVX-512F/VL/VNNI), with two whole groups of `nb` blocks and activation
+                    // rows of `nb` blocks.
+                    unsafe { super::super::super::x8_x86::zmm::$f::<R>(nb, w, a) }
+                })*
+            };
+        }
+        wrap_pair!(q4_0, q5_0, q8_0);
+    }
 }
 
 /// Safe entry points to the NEON kernels, as [`safe_x86`].

@@ -480,3 +480,196 @@ x8_kernels!(
     "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
     true
 );
+
+/// AVX-512 kernels over two x8 groups at once: lanes 0..8 of each 512-bit vector are the rows of
+/// group `g`, lanes 8..16 those of group `g + 1` (the next `nb` blocks in memory). Every lane
+/// computes what the 256-bit kernels compute for its row, with the same operations in the same
+/// order, so the results are bit-identical; the wider vectors halve the activation broadcasts
+/// and the instructions per product. AVX-512F/VL/VNNI only (32-bit shifts, no byte ops), the
+/// features [`super::Isa::Avx512Vnni`] checks.
+pub mod zmm {
+    use core::arch::x86_64::*;
+
+    use super::super::x8::{ActRow, GROUP};
+
+    /// `[row][16 outputs]`: group `g`'s eight, then group `g + 1`'s.
+    pub type Pair<const R: usize> = [[f32; 2 * GROUP]; R];
+
+    /// 32 bytes at `p0` (lanes 0..8) and 32 at `p1` (lanes 8..16).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn load2(p0: *const u8, p1: *const u8) -> __m512i {
+        // SAFETY: the caller points at 32 readable bytes at each.
+        unsafe {
+            let lo = _mm256_loadu_si256(p0 as *const __m256i);
+            let hi = _mm256_loadu_si256(p1 as *const __m256i);
+            _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+        }
+    }
+
+    /// The eight f16 scales at `p0` and the eight at `p1` as 16 floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn scales2(p0: *const u8, p1: *const u8) -> __m512 {
+        // SAFETY: the caller points at 16 readable bytes at each.
+        unsafe {
+            let lo = _mm_loadu_si128(p0 as *const __m128i);
+            let hi = _mm_loadu_si128(p1 as *const __m128i);
+            _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1))
+        }
+    }
+
+    /// The four activation bytes at `p` in every 32-bit lane.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn bcast(p: *const u8) -> __m512i {
+        // SAFETY: the caller points at 4 readable bytes.
+        _mm512_set1_epi32(unsafe { core::ptr::read_unaligned(p as *const i32) })
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    fn lanes<const R: usize>(acc: &[__m512; R]) -> Pair<R> {
+        let mut out = [[0.0f32; 2 * GROUP]; R];
+        for (o, a) in out.iter_mut().zip(acc) {
+            // SAFETY: `o` holds 16 floats.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *a) };
+        }
+        out
+    }
+
+    /// `acc + fma(d_w·d_a, isum - c, acc)` for activation row `a`, block `b`, the integer dot
+    /// products of the block's two halves in `s0`, `s1` (the 256-bit kernels' epilogue).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn block_fma(
+        acc: __m512,
+        dx: __m512,
+        s0: __m512i,
+        s1: __m512i,
+        a: &ActRow,
+        b: usize,
+    ) -> __m512 {
+        // SAFETY: the caller keeps b below the row's block count.
+        let (c, d) = unsafe { (*a.c.get_unchecked(b), *a.d.get_unchecked(b)) };
+        let isum = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(c));
+        let d = _mm512_mul_ps(dx, _mm512_set1_ps(d));
+        _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(isum), acc)
+    }
+
+    /// Q4_0 weights, two groups of `nb` packed blocks each (`w`: both, one after the other),
+    /// against `R` Q8_0 activation rows.
+    ///
+    /// # Safety
+    /// `w` holds `2·nb` packed Q4_0 blocks, every row of `a` `nb` Q8_0 blocks and their
+    /// scalars; the CPU has AVX-512F/VL and VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub unsafe fn q4_0<const R: usize>(nb: usize, w: &[u8], a: &[ActRow; R]) -> Pair<R> {
+        // SAFETY: the caller's guarantees.
+        unsafe { q4_or_5::<R, false>(nb, w, a) }
+    }
+
+    /// Q5_0 weights, two groups, against `R` Q8_0 activation rows.
+    ///
+    /// # Safety
+    /// As [`q4_0`], with packed Q5_0 blocks.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub unsafe fn q5_0<const R: usize>(nb: usize, w: &[u8], a: &[ActRow; R]) -> Pair<R> {
+        // SAFETY: the caller's guarantees.
+        unsafe { q4_or_5::<R, true>(nb, w, a) }
+    }
+
+    /// # Safety
+    /// As [`q4_0`] / [`q5_0`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn q4_or_5<const R: usize, const FIVE: bool>(
+        nb: usize,
+        w: &[u8],
+        a: &[ActRow; R],
+    ) -> Pair<R> {
+        let (bb, qat) = if FIVE { (176, 48) } else { (144, 16) };
+        assert!(w.len() >= 2 * bb * nb);
+        debug_assert!(a.iter().all(|a| a.q.len() >= 34 * nb && a.c.len() >= nb));
+        let m4 = _mm512_set1_epi32(0x0F0F_0F0F);
+        let mut acc = [_mm512_setzero_ps(); R];
+        for b in 0..nb {
+            // SAFETY: block b of both groups and of every activation row is in bounds.
+            unsafe {
+                let b0 = w.as_ptr().add(bb * b);
+                let b1 = b0.add(bb * nb);
+                let dx = scales2(b0, b1);
+                let mut q = [_mm512_setzero_si512(); 8];
+                for v in 0..4 {
+                    let c = load2(b0.add(qat + 32 * v), b1.add(qat + 32 * v));
+                    q[v] = _mm512_and_si512(c, m4);
+                    // Within each byte: a 32-bit shift brings the next byte's low bits into
+                    // the high nibble, which the mask clears.
+                    q[v + 4] = _mm512_and_si512(_mm512_srli_epi32(c, 4), m4);
+                }
+                if FIVE {
+                    let bits = load2(b0.add(16), b1.add(16));
+                    for (v, q) in q.iter_mut().enumerate() {
+                        // Bit v of each byte to bit 4 (it stays inside its byte).
+                        let b = _mm512_and_si512(bits, _mm512_set1_epi32(0x0101_0101 << v));
+                        let b = match v {
+                            0 => _mm512_slli_epi32(b, 4),
+                            1 => _mm512_slli_epi32(b, 3),
+                            2 => _mm512_slli_epi32(b, 2),
+                            3 => _mm512_slli_epi32(b, 1),
+                            4 => b,
+                            5 => _mm512_srli_epi32(b, 1),
+                            6 => _mm512_srli_epi32(b, 2),
+                            _ => _mm512_srli_epi32(b, 3),
+                        };
+                        *q = _mm512_or_si512(*q, b);
+                    }
+                }
+                for r in 0..R {
+                    let y = a[r].q.as_ptr().add(34 * b + 2);
+                    let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                    for l in 0..4 {
+                        s0 = _mm512_dpbusd_epi32(s0, q[l], bcast(y.add(4 * l)));
+                        s1 = _mm512_dpbusd_epi32(s1, q[l + 4], bcast(y.add(16 + 4 * l)));
+                    }
+                    acc[r] = block_fma(acc[r], dx, s0, s1, &a[r], b);
+                }
+            }
+        }
+        lanes(&acc)
+    }
+
+    /// Q8_0 weights, two groups, against `R` Q8_0 activation rows.
+    ///
+    /// # Safety
+    /// As [`q4_0`], with packed Q8_0 blocks.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub unsafe fn q8_0<const R: usize>(nb: usize, w: &[u8], a: &[ActRow; R]) -> Pair<R> {
+        assert!(w.len() >= 2 * 272 * nb);
+        debug_assert!(a.iter().all(|a| a.q.len() >= 34 * nb && a.c.len() >= nb));
+        let flip = _mm512_set1_epi32(0x8080_8080u32 as i32);
+        let mut acc = [_mm512_setzero_ps(); R];
+        for b in 0..nb {
+            // SAFETY: block b of both groups and of every activation row is in bounds.
+            unsafe {
+                let b0 = w.as_ptr().add(272 * b);
+                let b1 = b0.add(272 * nb);
+                let dx = scales2(b0, b1);
+                // q + 128 as unsigned bytes (the offset, 128·Σy, is taken out with c).
+                let u: [__m512i; 8] = std::array::from_fn(|l| {
+                    _mm512_xor_si512(load2(b0.add(16 + 32 * l), b1.add(16 + 32 * l)), flip)
+                });
+                for r in 0..R {
+                    let y = a[r].q.as_ptr().add(34 * b + 2);
+                    let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                    for l in 0..4 {
+                        s0 = _mm512_dpbusd_epi32(s0, u[l], bcast(y.add(4 * l)));
+                        s1 = _mm512_dpbusd_epi32(s1, u[l + 4], bcast(y.add(16 + 4 * l)));
+                    }
+                    acc[r] = block_fma(acc[r], dx, s0, s1, &a[r], b);
+                }
+            }
+        }
+        lanes(&acc)
+    }
+}

@@ -374,7 +374,7 @@ impl AttnCtx<'_> {
         let keys = &self.kf[kvh * d..];
         for (j, &b) in blocks.iter().enumerate() {
             let s0 = b as usize * 64;
-            let slots = (s0..(s0 + 64).min(n)).filter(|&s| visible(s));
+            let slots = s0..(s0 + 64).min(n);
             let mut put = |s: usize, dot: f32| {
                 let score = dot * mask.scale;
                 sc.scores[j * 64 + s - s0] = score;
@@ -383,11 +383,13 @@ impl AttnCtx<'_> {
             #[cfg(target_arch = "x86_64")]
             if d == 64 && crate::cpu::has_fma() {
                 // SAFETY: the CPU has AVX2 and FMA; q holds 64 values and every slot's key row
-                // 64 values at `s * row` in `keys`.
-                unsafe { dot_x86::scores64(&sc.q, keys, row, slots, self.order, &mut put) };
+                // (slots below n) 64 values at `s * row` in `keys`.
+                unsafe {
+                    dot_x86::scores64(&sc.q, keys, row, slots, &visible, self.order, &mut put)
+                };
                 continue;
             }
-            for s in slots {
+            for s in slots.filter(|&s| visible(s)) {
                 put(
                     s,
                     ggml_dot(&[(&keys[s * row..][..d], &sc.q[..])], self.order),
@@ -565,6 +567,42 @@ mod dot_x86 {
         }
     }
 
+    /// [`accumulate`] with 16 lanes (two vectors) for four rows `b`, `b + stride`, … at once,
+    /// against the same `a`.
+    ///
+    /// # Safety
+    /// `a` points at `len` readable floats, each `b + j·stride` (j < 4) too.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn accumulate_x4(
+        acc: &mut [[__m256; 2]; 4],
+        a: *const f32,
+        b: *const f32,
+        stride: usize,
+        len: usize,
+    ) {
+        let full = len / 16 * 16;
+        let mut i = 0;
+        while i < full {
+            // SAFETY: i + 16 <= full <= len.
+            unsafe {
+                let x = [_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(a.add(i + 8))];
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let bj = b.add(j * stride + i);
+                    acc[0] = _mm256_fmadd_ps(x[0], _mm256_loadu_ps(bj), acc[0]);
+                    acc[1] = _mm256_fmadd_ps(x[1], _mm256_loadu_ps(bj.add(8)), acc[1]);
+                }
+            }
+            i += 16;
+        }
+        if full < len {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: the masked tail of `accumulate` reads below len.
+                unsafe { accumulate(acc, a.add(full), b.add(j * stride + full), len - full) };
+            }
+        }
+    }
+
     /// The 16 lanes of `ggml_vec_dot_f16`'s four accumulators (eight vectors) folded as
     /// `GGML_F32x16_REDUCE` does, then reduced.
     #[inline]
@@ -586,26 +624,44 @@ mod dot_x86 {
         _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)))
     }
 
-    /// `put(s, q · k_s)` for each slot `s`, `k_s` the 64 values at `keys[s * row..]`, summed as
-    /// [`ggml_dot`] sums one 64-value row (one step of 64 for `VecDot`, 16-lane chunks for
-    /// `TinyBlas`), with `q` held in registers across the slots.
+    /// `put(s, q · k_s)` for each slot `s` of `slots` that is `visible`, `k_s` the 64 values at
+    /// `keys[s * row..]`, summed as [`ggml_dot`] sums one 64-value row (one step of 64 for
+    /// `VecDot`, 16-lane chunks for `TinyBlas`), with `q` held in registers across the slots.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA; `q` has 64 values, `keys` 64 from every `s * row`.
+    /// The CPU has AVX2 and FMA; `q` has 64 values, `keys` 64 from every `s * row`, `s` in
+    /// `slots`.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn scores64(
         q: &[f32],
         keys: &[f32],
         row: usize,
-        slots: impl Iterator<Item = usize>,
+        slots: std::ops::Range<usize>,
+        visible: &impl Fn(usize) -> bool,
         order: SumOrder,
         put: &mut impl FnMut(usize, f32),
     ) {
         assert!(q.len() >= 64);
+        assert!(slots.is_empty() || (slots.end - 1) * row + 64 <= keys.len());
+        let mut first = slots.start;
+        if let SumOrder::TinyBlas = order {
+            // Eight slots at a time, their sums reduced side by side (`reduce16_x8`); the
+            // invisible ones are computed and dropped.
+            while first + 8 <= slots.end {
+                // SAFETY: the slots' key rows are in bounds (asserted above).
+                let dots = unsafe { tiny_blas_x8(q, keys.as_ptr().add(first * row), row) };
+                for (i, &dot) in dots.iter().enumerate() {
+                    if visible(first + i) {
+                        put(first + i, dot);
+                    }
+                }
+                first += 8;
+            }
+        }
         // SAFETY: q has 64 values.
         let qv: [__m256; 8] =
             std::array::from_fn(|v| unsafe { _mm256_loadu_ps(q.as_ptr().add(8 * v)) });
-        for s in slots {
+        for s in (first..slots.end).filter(|&s| visible(s)) {
             let k = &keys[s * row..][..64];
             // SAFETY: k has 64 values.
             let kv = |v: usize| unsafe { _mm256_loadu_ps(k.as_ptr().add(8 * v)) };
@@ -629,6 +685,64 @@ mod dot_x86 {
             };
             put(s, dot);
         }
+    }
+
+    /// The `TinyBlas` dots of `q` (64 values) with the eight 64-value keys at `k`, `k + row`, …:
+    /// per key, lanes 0..8 and 8..16 accumulated from +0 by FMA over the four 16-value chunks,
+    /// then `_mm512_reduce_add_ps`'s additions — the halves added (`hi + lo`), then lanes
+    /// `i + 4` and `i`, then `(0 + 2) + (1 + 3)` — done for the eight keys at once.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `q` has 64 values, `k + j·row` 64 readable floats for j < 8.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tiny_blas_x8(q: &[f32], k: *const f32, row: usize) -> [f32; 8] {
+        let qp = q.as_ptr();
+        // t8[j]: key j's 16 lanes folded to 8 (hi + lo).
+        let t8: [__m256; 8] = std::array::from_fn(|j| {
+            // SAFETY: the caller's bounds.
+            unsafe {
+                let kj = k.add(j * row);
+                let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                for c in 0..4 {
+                    lo = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(qp.add(16 * c)),
+                        _mm256_loadu_ps(kj.add(16 * c)),
+                        lo,
+                    );
+                    hi = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(qp.add(16 * c + 8)),
+                        _mm256_loadu_ps(kj.add(16 * c + 8)),
+                        hi,
+                    );
+                }
+                _mm256_add_ps(hi, lo)
+            }
+        });
+        // Keys (2p, 2p + 1): lanes 0..4 key 2p's t4 (lanes i + 4 and i), lanes 4..8 key 2p + 1's.
+        let t4: [__m256; 4] = std::array::from_fn(|p| {
+            let (a, b) = (t8[2 * p], t8[2 * p + 1]);
+            _mm256_add_ps(
+                _mm256_permute2f128_ps(a, b, 0x31),
+                _mm256_permute2f128_ps(a, b, 0x20),
+            )
+        });
+        // Per 128-bit lane: t4[0] + t4[2], t4[1] + t4[3] of two keys.
+        let t2: [__m256; 2] = std::array::from_fn(|p| {
+            let (a, b) = (t4[2 * p], t4[2 * p + 1]);
+            _mm256_add_ps(_mm256_shuffle_ps(a, b, 0x44), _mm256_shuffle_ps(a, b, 0xEE))
+        });
+        // (0 + 2) + (1 + 3): lanes hold keys 0, 2, 4, 6, 1, 3, 5, 7.
+        let r = _mm256_add_ps(
+            _mm256_shuffle_ps(t2[0], t2[1], 0x88),
+            _mm256_shuffle_ps(t2[0], t2[1], 0xDD),
+        );
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: lanes holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), r) };
+        [
+            lanes[0], lanes[4], lanes[1], lanes[5], lanes[2], lanes[6], lanes[3], lanes[7],
+        ]
     }
 
     /// `out[e] = Σ probs[c0 + i] · values[e·n + s0 + i]` over the `(c0, s0, len)` segments, summed
@@ -666,7 +780,31 @@ mod dot_x86 {
                 };
             }
         };
-        for (e, o) in out.iter_mut().enumerate() {
+        let mut e0 = 0;
+        if let SumOrder::TinyBlas = order {
+            // Four outputs at a time: each chunk of probabilities loaded once for four rows of
+            // values, every output in its own two accumulators (the same lanes and order).
+            while e0 + 4 <= out.len() {
+                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                for &(c0, s0, len) in segments {
+                    // SAFETY: the asserts above.
+                    unsafe {
+                        accumulate_x4(
+                            &mut acc,
+                            probs.as_ptr().add(c0),
+                            values.as_ptr().add(e0 * n + s0),
+                            n,
+                            len,
+                        )
+                    };
+                }
+                for (o, acc) in out[e0..e0 + 4].iter_mut().zip(&acc) {
+                    *o = reduce16(acc[0], acc[1]);
+                }
+                e0 += 4;
+            }
+        }
+        for (e, o) in out.iter_mut().enumerate().skip(e0) {
             *o = match order {
                 SumOrder::TinyBlas => {
                     let mut acc = [_mm256_setzero_ps(); 2];
@@ -738,4 +876,90 @@ fn reduce16(a: &[f32; 16]) -> f32 {
         t4[i] = t8[i + 4] + t8[i];
     }
     (t4[0] + t4[2]) + (t4[1] + t4[3])
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    fn f16s(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let x = (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale;
+                f16::from_f32(x).to_f32()
+            })
+            .collect()
+    }
+
+    /// The portable sum of `ggml_dot_iter` (16 or 64 lanes, then the reductions).
+    fn portable(segments: &[(&[f32], &[f32])], order: SumOrder) -> f32 {
+        match order {
+            SumOrder::TinyBlas => {
+                let mut acc = [0.0f32; 16];
+                for (a, b) in segments {
+                    accumulate(&mut acc, a, b);
+                }
+                reduce16(&acc)
+            }
+            SumOrder::VecDot => {
+                let mut acc = [0.0f32; 64];
+                for (a, b) in segments {
+                    accumulate(&mut acc, a, b);
+                }
+                reduce64(&acc)
+            }
+        }
+    }
+
+    /// The AVX2 attention sums (scores eight keys at a time, weighted sums four outputs at a
+    /// time) are the portable sums to the bit, invisible slots skipped, odd lengths included.
+    #[test]
+    fn simd_attention_sums_are_the_portable_ones() {
+        if !crate::cpu::has_fma() {
+            return;
+        }
+        let (row, d) = (3 * 64, 64);
+        for order in [SumOrder::TinyBlas, SumOrder::VecDot] {
+            for n in [1usize, 7, 8, 19, 64, 77] {
+                let q = f16s(d, n as u64, 8.0);
+                let keys = f16s(n * row, 99 + n as u64, 8.0);
+                let visible = |s: usize| s % 5 != 3;
+                let mut got = vec![None; n];
+                // SAFETY: the test CPU has AVX2 and FMA (checked); q has 64 values, keys n rows.
+                unsafe {
+                    dot_x86::scores64(&q, &keys, row, 0..n, &visible, order, &mut |s, v| {
+                        got[s] = Some(v)
+                    })
+                };
+                for (s, got) in got.iter().enumerate() {
+                    let want =
+                        visible(s).then(|| portable(&[(&keys[s * row..][..64], &q[..])], order));
+                    assert_eq!(
+                        got.map(f32::to_bits),
+                        want.map(f32::to_bits),
+                        "slot {s} of {n}"
+                    );
+                }
+                // Weighted sums: 6 outputs (a group of four and two alone), two segments.
+                let probs = f16s(n + 64, 5, 0.1);
+                let values = f16s(6 * (n + 64), 6, 4.0);
+                let m = n + 64;
+                let segments = [(0usize, 0usize, n.min(64)), (64, 64, n)];
+                let mut out = vec![0.0f32; 6];
+                // SAFETY: as above; every segment lies inside probs and a row of m.
+                unsafe { dot_x86::weighted_sums(&probs, &values, m, &segments, order, &mut out) };
+                for (e, o) in out.iter().enumerate() {
+                    let segs: Vec<(&[f32], &[f32])> = segments
+                        .iter()
+                        .map(|&(c0, s0, len)| (&probs[c0..c0 + len], &values[e * m + s0..][..len]))
+                        .collect();
+                    assert_eq!(o.to_bits(), portable(&segs, order).to_bits(), "output {e}");
+                }
+            }
+        }
+    }
 }
