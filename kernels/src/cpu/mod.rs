@@ -231,6 +231,9 @@ pub fn dot_rows_fn(isa: Isa, ty: GgmlType) -> Option<DotRowsFn> {
 
 /// Weight rows per tile of the batched kernels.
 pub const TILE_W: usize = 4;
+/// Activation rows (a multiple of [`ROWS`]) a thread runs against all its weight tiles before
+/// the next ones.
+const TILE_CHUNK: usize = 64;
 /// [`TILE_W`] weight rows against [`ROWS`] activation rows (batches).
 pub type DotTileFn = fn(usize, &[&[u8]; TILE_W], &[&[u8]; ROWS]) -> [[f32; ROWS]; TILE_W];
 
@@ -386,27 +389,39 @@ pub fn qmatmul(
             } else {
                 0
             };
-            // Batches: tiles of TILE_W weight rows × ROWS activation rows.
-            let mut r0 = 0;
-            if let Some(tile) = dot_tile.filter(|_| grouped > 0) {
-                while r0 + TILE_W <= rows.len() {
-                    let j = rows.start + r0;
-                    let ws: [&[u8]; TILE_W] =
-                        std::array::from_fn(|q| &w[(j + q) * w_row..(j + q + 1) * w_row]);
-                    for i in (0..grouped).step_by(ROWS) {
-                        let y = tile(k, &ws, &std::array::from_fn(|q| a_at(i + q)));
-                        for (q, yq) in y.iter().enumerate() {
-                            out[(r0 + q) * m + i..(r0 + q) * m + i + ROWS].copy_from_slice(yq);
+            // Batches: tiles of TILE_W weight rows × ROWS activation rows, the activation rows
+            // taken TILE_CHUNK at a time against all the thread's weight tiles (so that they
+            // stay in the core's cache while the weights stream past).
+            let tiles = if dot_tile.is_some() && grouped > 0 {
+                rows.len() / TILE_W * TILE_W
+            } else {
+                0
+            };
+            if let Some(tile) = dot_tile.filter(|_| tiles > 0) {
+                for c0 in (0..grouped).step_by(TILE_CHUNK) {
+                    let c1 = (c0 + TILE_CHUNK).min(grouped);
+                    for r0 in (0..tiles).step_by(TILE_W) {
+                        let j = rows.start + r0;
+                        let ws: [&[u8]; TILE_W] =
+                            std::array::from_fn(|q| &w[(j + q) * w_row..(j + q + 1) * w_row]);
+                        for i in (c0..c1).step_by(ROWS) {
+                            let y = tile(k, &ws, &std::array::from_fn(|q| a_at(i + q)));
+                            for (q, yq) in y.iter().enumerate() {
+                                out[(r0 + q) * m + i..(r0 + q) * m + i + ROWS].copy_from_slice(yq);
+                            }
                         }
                     }
-                    for (q, wq) in ws.iter().enumerate() {
+                }
+                for r0 in (0..tiles).step_by(TILE_W) {
+                    let wr = |q: usize| &w[(rows.start + r0 + q) * w_row..][..w_row];
+                    for q in 0..TILE_W {
                         for i in grouped..m {
-                            out[(r0 + q) * m + i] = dot(k, wq, a_at(i));
+                            out[(r0 + q) * m + i] = dot(k, wr(q), a_at(i));
                         }
                     }
-                    r0 += TILE_W;
                 }
             }
+            let r0 = tiles;
             for r in r0..rows.len() {
                 let j = rows.start + r;
                 let wr = &w[j * w_row..(j + 1) * w_row];
@@ -594,11 +609,17 @@ mod tests {
     fn batched_rows_are_bit_identical_to_rows_alone() {
         for &ty in MATMUL_TYPES {
             let kb = ty.block_size().max(32);
-            // n = 9: two 4-row weight tiles and a leftover row; m = 11: two groups of 4 and 3.
-            let (m, n, k) = (11, 9, kb * 3 + if ty.block_size() == 1 { 5 } else { 0 });
+            // n = 9: two 4-row weight tiles and a leftover row; m = 11: two groups of 4 and 3;
+            // m = 70: a chunk of 64 rows (TILE_CHUNK), one of 4 and 2 left.
+            let (n, k) = (9, kb * 3 + if ty.block_size() == 1 { 5 } else { 0 });
             let w = kiln_quant::blocks::quantize_to_vec(ty, &data(n * k, 5)).unwrap();
-            let x = data(m * k, 6);
-            for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+            for (m, isa) in [11, 70].into_iter().flat_map(|m| {
+                Isa::ALL
+                    .into_iter()
+                    .filter(|i| i.available())
+                    .map(move |i| (m, i))
+            }) {
+                let x = data(m * k, 6);
                 let batch = qmatmul(isa, ty, &w, n, k, &x, m);
                 for i in 0..m {
                     let alone = qmatmul(isa, ty, &w, n, k, &x[i * k..(i + 1) * k], 1);
