@@ -7,6 +7,9 @@
 # Model variants: scripts/fixtures/make-llama-1b-random.py for Llama-3.2-1B shapes, then
 # llama-quantize (Q4_0, Q4_K_M, Q8_0; for SmolLM2 from the Q4_1 fixture with
 # --allow-requantize). Prints a markdown table of both tools' tokens/s and Kiln/llama.cpp.
+# llama.cpp: build with GGML_NATIVE=ON, except where a VM reports AMX but forbids it (llama-bench
+# dies of SIGILL in ggml_backend_amx_mul_mat): there GGML_NATIVE=OFF and the CPU's other
+# extensions named one by one (docs/bench/llm-cpu.md has the flags used).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${LLAMA_CPP_BIN:?set LLAMA_CPP_BIN to the folder holding llama-bench}"

@@ -491,6 +491,15 @@ fn ggml_dot_iter<'a>(
         // SAFETY: the CPU has AVX2 and FMA.
         return unsafe { dot_x86::ggml_dot(segments, order) };
     }
+    ggml_dot_portable(segments, order)
+}
+
+/// [`ggml_dot_iter`] without SIMD (the reference the AVX2 code is tested against).
+#[inline(always)]
+fn ggml_dot_portable<'a>(
+    segments: impl Iterator<Item = (&'a [f32], &'a [f32])>,
+    order: SumOrder,
+) -> f32 {
     match order {
         SumOrder::TinyBlas => {
             let mut acc = [0.0f32; 16];
@@ -895,24 +904,8 @@ mod tests {
             .collect()
     }
 
-    /// The portable sum of `ggml_dot_iter` (16 or 64 lanes, then the reductions).
     fn portable(segments: &[(&[f32], &[f32])], order: SumOrder) -> f32 {
-        match order {
-            SumOrder::TinyBlas => {
-                let mut acc = [0.0f32; 16];
-                for (a, b) in segments {
-                    accumulate(&mut acc, a, b);
-                }
-                reduce16(&acc)
-            }
-            SumOrder::VecDot => {
-                let mut acc = [0.0f32; 64];
-                for (a, b) in segments {
-                    accumulate(&mut acc, a, b);
-                }
-                reduce64(&acc)
-            }
-        }
+        ggml_dot_portable(segments.iter().copied(), order)
     }
 
     /// The AVX2 attention sums (scores eight keys at a time, weighted sums four outputs at a
