@@ -8,6 +8,7 @@ use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim};
 
 use crate::cube_softfloat::{ggml_expf, native_fma, soft_fma, wide_add, wide_div};
+use crate::cube_util::{read_f32, upload_f32};
 
 #[cube(launch_unchecked)]
 fn fma_kernel(a: &[f32], b: &[f32], c: &[f32], out: &mut [f32], n: usize) {
@@ -52,17 +53,8 @@ fn client(device: &Device) -> (cubecl::client::Client, burn_cubecl::CubeDevice) 
     }
 }
 
-fn upload(client: &cubecl::client::Client, v: &[f32]) -> cubecl::server::Handle {
-    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    client.create_from_slice(&bytes)
-}
-
 fn read(client: &cubecl::client::Client, h: cubecl::server::Handle) -> Vec<f32> {
-    let bytes = client.read_one(h).expect("read back");
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    read_f32(client, h).expect("read back")
 }
 
 fn count(n: usize) -> CubeCount {
@@ -86,9 +78,9 @@ pub fn soft_fma_on(device: &Device, a: &[f32], b: &[f32], c: &[f32]) -> Vec<f32>
             &client,
             count(n),
             CubeDim::new_1d(64),
-            BufferArg::from_raw_parts(upload(&client, a), n),
-            BufferArg::from_raw_parts(upload(&client, b), n),
-            BufferArg::from_raw_parts(upload(&client, c), n),
+            BufferArg::from_raw_parts(upload_f32(&client, a), n),
+            BufferArg::from_raw_parts(upload_f32(&client, b), n),
+            BufferArg::from_raw_parts(upload_f32(&client, c), n),
             BufferArg::from_raw_parts(out.clone(), n),
             n,
         );
@@ -107,7 +99,7 @@ pub fn ggml_expf_on(device: &Device, x: &[f32], soft: bool) -> Vec<f32> {
             &client,
             count(n),
             CubeDim::new_1d(64),
-            BufferArg::from_raw_parts(upload(&client, x), n),
+            BufferArg::from_raw_parts(upload_f32(&client, x), n),
             BufferArg::from_raw_parts(out.clone(), n),
             n,
             soft,
@@ -128,7 +120,7 @@ pub fn wide_on(device: &Device, terms: &[f32], len: usize, divisor: f32) -> Vec<
             &client,
             count(rows),
             CubeDim::new_1d(64),
-            BufferArg::from_raw_parts(upload(&client, terms), terms.len()),
+            BufferArg::from_raw_parts(upload_f32(&client, terms), terms.len()),
             BufferArg::from_raw_parts(out.clone(), rows * 2),
             rows,
             len,

@@ -16,6 +16,8 @@ use burn_cubecl::CubeDevice;
 use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim};
 
+use crate::cube_util::{read_f32, upload_f32};
+
 /// `(hi, lo) >> s` (any `s`), and whether a 1 bit was shifted out.
 #[cube]
 #[allow(unused_assignments)]
@@ -409,8 +411,7 @@ pub fn native_fma(client: &cubecl::client::Client, device: &CubeDevice) -> bool 
     // (1 + 2^-12)² - (1 + 2^-11) = 2^-24 exactly; rounded first, the product loses that bit.
     let a = 1.0f32 + f32::EPSILON * 2048.0;
     let c = -(1.0f32 + f32::EPSILON * 4096.0);
-    let bytes: Vec<u8> = [a, a, c].iter().flat_map(|v| v.to_le_bytes()).collect();
-    let input = client.create_from_slice(&bytes);
+    let input = upload_f32(client, &[a, a, c]);
     let output = client.empty(4);
     // SAFETY: one cube; unit 0 reads three values of `input` and writes one of `output`.
     unsafe {
@@ -422,10 +423,7 @@ pub fn native_fma(client: &cubecl::client::Client, device: &CubeDevice) -> bool 
             BufferArg::from_raw_parts(output.clone(), 1),
         );
     }
-    let fused = client
-        .read_one(output)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) == a.mul_add(a, c))
-        .unwrap_or(false);
+    let fused = read_f32(client, output).is_some_and(|v| v[0] == a.mul_add(a, c));
     known
         .get_or_insert_with(HashMap::new)
         .insert(device.clone(), fused);

@@ -71,6 +71,24 @@ pub fn round_to_f16(x: f32) -> f32 {
     out
 }
 
+/// `values` as a raw f32 buffer on `client`'s device (probes and checks that launch kernels
+/// outside Burn's tensors).
+pub fn upload_f32(client: &cubecl::client::Client, values: &[f32]) -> cubecl::server::Handle {
+    let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    client.create_from_slice(&bytes)
+}
+
+/// The f32 values of a raw buffer ([`upload_f32`]'s counterpart); `None` when the read fails.
+pub fn read_f32(client: &cubecl::client::Client, h: cubecl::server::Handle) -> Option<Vec<f32>> {
+    let bytes = client.read_one(h).ok()?;
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
 /// A small host array (positions, ids, masks) as a u32 tensor on `like`'s device.
 pub fn upload_u32(
     like: &burn_cubecl::tensor::CubeTensor,

@@ -315,13 +315,11 @@ pub struct Overrides {
 
 /// `cpu` or `fast` (`--arithmetic`).
 pub fn parse_arithmetic(name: &str) -> Result<Arithmetic> {
-    match name {
-        "cpu" => Ok(Arithmetic::Cpu),
-        "fast" => Ok(Arithmetic::Fast),
-        other => Err(RuntimeError::Usage(format!(
-            "--arithmetic {other:?}: cpu (results bit-identical to the CPU path) or fast"
-        ))),
-    }
+    Arithmetic::from_name(name).ok_or_else(|| {
+        RuntimeError::Usage(format!(
+            "--arithmetic {name:?}: cpu (results bit-identical to the CPU path) or fast"
+        ))
+    })
 }
 
 /// One decision: what was chosen, why, and what was rejected for which reason.
@@ -548,7 +546,7 @@ fn gpu_arithmetic(
     };
     choices.push(Choice {
         what: "arithmetic",
-        chosen: format!("{arithmetic:?}").to_lowercase(),
+        chosen: arithmetic.name().to_string(),
         why,
         rejected,
     });
@@ -931,7 +929,7 @@ impl fmt::Display for Plan {
             Kernels::Gpu(k) => writeln!(
                 f,
                 "  kernels: CubeCL, {} arithmetic; mat-vec {:?} reduction, {} units; mat-mul tile {}×{}×{}; vector width {}; attention {:?}",
-                format!("{:?}", k.arithmetic).to_lowercase(),
+                k.arithmetic.name(),
                 k.matvec_reduction,
                 k.matvec_units,
                 k.tile.0,

@@ -392,12 +392,13 @@ pub fn qmatmul(
             // Batches: tiles of TILE_W weight rows × ROWS activation rows, the activation rows
             // taken TILE_CHUNK at a time against all the thread's weight tiles (so that they
             // stay in the core's cache while the weights stream past).
-            let tiles = if dot_tile.is_some() && grouped > 0 {
+            let dot_tile = dot_tile.filter(|_| grouped > 0);
+            let tiles = if dot_tile.is_some() {
                 rows.len() / TILE_W * TILE_W
             } else {
                 0
             };
-            if let Some(tile) = dot_tile.filter(|_| tiles > 0) {
+            if let Some(tile) = dot_tile {
                 for c0 in (0..grouped).step_by(TILE_CHUNK) {
                     let c1 = (c0 + TILE_CHUNK).min(grouped);
                     for r0 in (0..tiles).step_by(TILE_W) {
@@ -412,21 +413,14 @@ pub fn qmatmul(
                         }
                     }
                 }
-                for r0 in (0..tiles).step_by(TILE_W) {
-                    let wr = |q: usize| &w[(rows.start + r0 + q) * w_row..][..w_row];
-                    for q in 0..TILE_W {
-                        for i in grouped..m {
-                            out[(r0 + q) * m + i] = dot(k, wr(q), a_at(i));
-                        }
-                    }
-                }
             }
-            let r0 = tiles;
-            for r in r0..rows.len() {
+            // Rows outside the tiles: ROWS activation rows at a time where there is a kernel;
+            // the activation rows left over, every weight row, one at a time.
+            for r in 0..rows.len() {
                 let j = rows.start + r;
                 let wr = &w[j * w_row..(j + 1) * w_row];
                 let out = &mut out[r * m..(r + 1) * m];
-                if let Some(f) = dot_rows {
+                if let Some(f) = dot_rows.filter(|_| r >= tiles) {
                     for i in (0..grouped).step_by(ROWS) {
                         let y = f(k, wr, &std::array::from_fn(|q| a_at(i + q)));
                         out[i..i + ROWS].copy_from_slice(&y);

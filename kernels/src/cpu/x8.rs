@@ -294,15 +294,18 @@ pub struct ActRow<'a> {
     pub s: &'a [f32],
 }
 
+/// `R` activation rows against the weights of one call: `[row][W outputs]`.
+pub type RowsFn<const W: usize, const R: usize> = fn(usize, &[u8], &[ActRow; R]) -> [[f32; W]; R];
+
 /// `R` activation rows against one group: `[row][8 outputs]`.
-pub type X8Fn<const R: usize> = fn(usize, &[u8], &[ActRow; R]) -> [[f32; GROUP]; R];
+pub type X8Fn<const R: usize> = RowsFn<GROUP, R>;
 
 /// Activation rows per call of the batched kernel.
 pub const ROWS: usize = 4;
 
 /// `R` activation rows against two consecutive groups (`w` holds both): `[row][16 outputs]`,
 /// the first group's eight, then the second's.
-pub type PairFn<const R: usize> = fn(usize, &[u8], &[ActRow; R]) -> [[f32; 2 * GROUP]; R];
+pub type PairFn<const R: usize> = RowsFn<{ 2 * GROUP }, R>;
 
 struct Kernels {
     one: X8Fn<1>,
@@ -458,6 +461,36 @@ impl Scalars {
     }
 }
 
+/// Activation rows `rows` of `act` against the weights `w` (`nb` blocks per row of them):
+/// [`ROWS`] rows per call of `four` where there is one, the rest through `one`; each row's `W`
+/// outputs to `put`.
+fn by_rows<const W: usize>(
+    nb: usize,
+    w: &[u8],
+    act: &[ActRow],
+    rows: Range<usize>,
+    four: Option<RowsFn<W, ROWS>>,
+    one: RowsFn<W, 1>,
+    put: &mut dyn FnMut(usize, &[f32; W]),
+) {
+    let mut i = rows.start;
+    if let Some(f) = four {
+        while i + ROWS <= rows.end {
+            let y = f(nb, w, act[i..i + ROWS].try_into().expect("ROWS rows"));
+            for (r, y) in y.iter().enumerate() {
+                put(i + r, y);
+            }
+            i += ROWS;
+        }
+    }
+    for i in i..rows.end {
+        put(
+            i,
+            &one(nb, w, act[i..i + 1].try_into().expect("one row"))[0],
+        );
+    }
+}
+
 /// Activation rows from which a product splits rows (not weight groups) among threads.
 const SPLIT_ROWS_FROM: usize = 16;
 /// Activation rows a thread runs against all weight groups before the next rows (they stay in
@@ -492,60 +525,46 @@ pub fn qmatmul(
             s: &sc.s[i * nb * sc.per_s..(i + 1) * nb * sc.per_s],
         })
         .collect();
-    let one_row = |i: usize| -> &[ActRow; 1] { (&act_rows[i..i + 1]).try_into().expect("one row") };
-    let four_rows =
-        |i: usize| -> &[ActRow; ROWS] { (&act_rows[i..i + ROWS]).try_into().expect("ROWS rows") };
     let kern = kernels(isa, ty);
     let group_bytes = nb * packed_block(ty);
     let groups = n / GROUP;
     let pool = pool::pool();
     let threads = pool.threads();
 
-    // Runs activation rows `rows` against group `g`, handing each row's 8 outputs to `put`
-    // (row, group, outputs).
-    let run = |g: usize, rows: Range<usize>, put: &mut dyn FnMut(usize, usize, &[f32])| {
-        let wg = &w[g * group_bytes..(g + 1) * group_bytes];
-        let mut i = rows.start;
-        if let Some(f) = kern.rows {
-            while i + ROWS <= rows.end {
-                let y = f(nb, wg, four_rows(i));
-                for (r, y) in y.iter().enumerate() {
-                    put(i + r, g, y);
-                }
-                i += ROWS;
-            }
-        }
-        for i in i..rows.end {
-            put(i, g, &(kern.one)(nb, wg, one_row(i))[0]);
-        }
-    };
-    // Groups `groups` (all of them, for rows `rows`), two at a time where the kernels allow.
+    // Runs activation rows `rows` against groups `groups`, two at a time where the kernels
+    // allow, handing each row's 8 outputs per group to `put` (row, group, outputs).
     let run_groups =
         |groups: Range<usize>, rows: Range<usize>, put: &mut dyn FnMut(usize, usize, &[f32])| {
             let mut g = groups.start;
             if let Some((one, four)) = kern.pair {
                 while g + 2 <= groups.end {
                     let wg = &w[g * group_bytes..(g + 2) * group_bytes];
-                    let mut i = rows.start;
-                    let mut put2 = |i: usize, y: &[f32; 2 * GROUP]| {
-                        put(i, g, &y[..GROUP]);
-                        put(i, g + 1, &y[GROUP..]);
-                    };
-                    while i + ROWS <= rows.end {
-                        let y = four(nb, wg, four_rows(i));
-                        for (r, y) in y.iter().enumerate() {
-                            put2(i + r, y);
-                        }
-                        i += ROWS;
-                    }
-                    for i in i..rows.end {
-                        put2(i, &one(nb, wg, one_row(i))[0]);
-                    }
+                    by_rows(
+                        nb,
+                        wg,
+                        &act_rows,
+                        rows.clone(),
+                        Some(four),
+                        one,
+                        &mut |i, y| {
+                            put(i, g, &y[..GROUP]);
+                            put(i, g + 1, &y[GROUP..]);
+                        },
+                    );
                     g += 2;
                 }
             }
             for g in g..groups.end {
-                run(g, rows.clone(), put);
+                let wg = &w[g * group_bytes..(g + 1) * group_bytes];
+                by_rows(
+                    nb,
+                    wg,
+                    &act_rows,
+                    rows.clone(),
+                    kern.rows,
+                    kern.one,
+                    &mut |i, y| put(i, g, y),
+                );
             }
         };
 

@@ -139,6 +139,27 @@ fn fma_block(
     })
 }
 
+/// The exact integer dot products of one 32-value activation block at `y` (signed bytes)
+/// with the block's 8 register pairs of weight values `q` (`q[l]`: values `4l..4l + 4`,
+/// `q[l + 4]`: `16 + 4l..`), lanes 0..4 and 4..8 in the two halves.
+///
+/// # Safety
+/// `y` points at 32 readable bytes.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn block_dots(q: &[[int8x16_t; 2]; 8], y: *const u8) -> [int32x4_t; 2] {
+    // SAFETY: the caller's bounds.
+    let (yl, yh) = unsafe { (vld1q_s8(y as *const i8), vld1q_s8(y.add(16) as *const i8)) };
+    std::array::from_fn(|h| {
+        let mut s = vdupq_n_s32(0);
+        for l in 0..4 {
+            s = sdot_lane(s, q[l][h], yl, l);
+            s = sdot_lane(s, q[l + 4][h], yh, l);
+        }
+        s
+    })
+}
+
 /// The 8 registers-pairs of unsigned nibbles of a packed Q4 block's quants at `p`: `q[v]` the
 /// low nibbles of vector `v` (values `4v + t`), `q[v + 4]` the high ones (`16 + 4v + t`).
 ///
@@ -232,17 +253,9 @@ unsafe fn q4_or_5<const R: usize, const FIVE: bool>(
                 }
             }
             for r in 0..R {
-                let y = a[r].q.as_ptr().add(34 * b + 2);
-                let (yl, yh) = (vld1q_s8(y as *const i8), vld1q_s8(y.add(16) as *const i8));
-                let mut isum = [vdupq_n_s32(0); 2];
-                for (h, s) in isum.iter_mut().enumerate() {
-                    for l in 0..4 {
-                        *s = sdot_lane(*s, q[l][h], yl, l);
-                        *s = sdot_lane(*s, q[l + 4][h], yh, l);
-                    }
-                    // Σ (q - 8)·y = Σ q·y - 8·Σ y (Q5_0: 16).
-                    *s = vsubq_s32(*s, vdupq_n_s32(a[r].c[b]));
-                }
+                let dots = block_dots(&q, a[r].q.as_ptr().add(34 * b + 2));
+                // Σ (q - 8)·y = Σ q·y - 8·Σ y (Q5_0: 16).
+                let isum = dots.map(|s| vsubq_s32(s, vdupq_n_s32(a[r].c[b])));
                 acc[r] = fma_block(acc[r], dx, a[r].d[b], isum);
             }
         }
@@ -269,15 +282,7 @@ pub unsafe fn q8_0<const R: usize>(nb: usize, w: &[u8], a: &[ActRow; R]) -> [[f3
                 [s8(c[0]), s8(c[1])]
             });
             for r in 0..R {
-                let y = a[r].q.as_ptr().add(34 * b + 2);
-                let (yl, yh) = (vld1q_s8(y as *const i8), vld1q_s8(y.add(16) as *const i8));
-                let mut isum = [vdupq_n_s32(0); 2];
-                for (h, s) in isum.iter_mut().enumerate() {
-                    for l in 0..4 {
-                        *s = sdot_lane(*s, q[l][h], yl, l);
-                        *s = sdot_lane(*s, q[l + 4][h], yh, l);
-                    }
-                }
+                let isum = block_dots(&q, a[r].q.as_ptr().add(34 * b + 2));
                 acc[r] = fma_block(acc[r], dx, a[r].d[b], isum);
             }
         }

@@ -538,20 +538,32 @@ pub mod zmm {
         out
     }
 
-    /// `acc + fma(d_w·d_a, isum - c, acc)` for activation row `a`, block `b`, the integer dot
-    /// products of the block's two halves in `s0`, `s1` (the 256-bit kernels' epilogue).
+    /// One block of activation row `a` (block `b`) against the 8 vectors `q` of unsigned
+    /// weight values of both groups: the exact integer dot products (`vpdpbusd`, the first and
+    /// second 16 values apart), less the offset `c`, then `fma(d_w·d_a, isum, acc)` — the
+    /// 256-bit kernels' per-block step.
+    ///
+    /// # Safety
+    /// Block `b` of the row (34 bytes from `34·b`) and its scalars are in bounds.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-    unsafe fn block_fma(
-        acc: __m512,
-        dx: __m512,
-        s0: __m512i,
-        s1: __m512i,
-        a: &ActRow,
-        b: usize,
-    ) -> __m512 {
-        // SAFETY: the caller keeps b below the row's block count.
-        let (c, d) = unsafe { (*a.c.get_unchecked(b), *a.d.get_unchecked(b)) };
+    unsafe fn row_block(acc: __m512, q: &[__m512i; 8], dx: __m512, a: &ActRow, b: usize) -> __m512 {
+        // SAFETY: the caller's bounds.
+        let (y, c, d) = unsafe {
+            (
+                a.q.as_ptr().add(34 * b + 2),
+                *a.c.get_unchecked(b),
+                *a.d.get_unchecked(b),
+            )
+        };
+        let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for l in 0..4 {
+            // SAFETY: y points at the block's 32 quants.
+            unsafe {
+                s0 = _mm512_dpbusd_epi32(s0, q[l], bcast(y.add(4 * l)));
+                s1 = _mm512_dpbusd_epi32(s1, q[l + 4], bcast(y.add(16 + 4 * l)));
+            }
+        }
         let isum = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(c));
         let d = _mm512_mul_ps(dx, _mm512_set1_ps(d));
         _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(isum), acc)
@@ -626,13 +638,7 @@ pub mod zmm {
                     }
                 }
                 for r in 0..R {
-                    let y = a[r].q.as_ptr().add(34 * b + 2);
-                    let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-                    for l in 0..4 {
-                        s0 = _mm512_dpbusd_epi32(s0, q[l], bcast(y.add(4 * l)));
-                        s1 = _mm512_dpbusd_epi32(s1, q[l + 4], bcast(y.add(16 + 4 * l)));
-                    }
-                    acc[r] = block_fma(acc[r], dx, s0, s1, &a[r], b);
+                    acc[r] = row_block(acc[r], &q, dx, &a[r], b);
                 }
             }
         }
@@ -660,13 +666,7 @@ pub mod zmm {
                     _mm512_xor_si512(load2(b0.add(16 + 32 * l), b1.add(16 + 32 * l)), flip)
                 });
                 for r in 0..R {
-                    let y = a[r].q.as_ptr().add(34 * b + 2);
-                    let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-                    for l in 0..4 {
-                        s0 = _mm512_dpbusd_epi32(s0, u[l], bcast(y.add(4 * l)));
-                        s1 = _mm512_dpbusd_epi32(s1, u[l + 4], bcast(y.add(16 + 4 * l)));
-                    }
-                    acc[r] = block_fma(acc[r], dx, s0, s1, &a[r], b);
+                    acc[r] = row_block(acc[r], &u, dx, &a[r], b);
                 }
             }
         }

@@ -75,27 +75,7 @@ impl NnOps for Flex {
             || Arc::new((rope.clone(), super::rope_table(&positions.pos, &rope))),
         );
         let data: &mut [f32] = x.storage_mut();
-        for (tok, cos_sin) in data
-            .chunks_exact_mut(heads * d)
-            .zip(table.1.chunks_exact(2 * half))
-        {
-            for head in tok.chunks_exact_mut(d) {
-                for (i, cs) in cos_sin.chunks_exact(2).enumerate() {
-                    let (c, s) = (cs[0], cs[1]);
-                    let (a, b) = if rope.neox {
-                        (i, i + half)
-                    } else {
-                        (2 * i, 2 * i + 1)
-                    };
-                    let (x0, x1) = (head[a], head[b]);
-                    // ggml's rotate_pairs as GCC compiles it (-ffp-contract=fast): each product
-                    // pair becomes one fused multiply-add. Written plainly, positions past 2
-                    // drifted from llama.cpp by up to 1.0 in a logit.
-                    head[a] = x0.mul_add(c, -(x1 * s));
-                    head[b] = x0.mul_add(s, x1 * c);
-                }
-            }
-        }
+        rotate(data, &table.1, heads * d, d, half, rope.neox);
         x.with_layout(burn_flex::Layout::contiguous(shape))
     }
 
@@ -212,6 +192,45 @@ impl NnOps for Flex {
         }
         let out = FlexTensor::from_data(TensorData::new(out, [t, heads * d]));
         (out, k_cache, v_cache)
+    }
+}
+
+/// RoPE over `data` (tokens of `row` values, heads of `d`) with the `[t][half][2]` cos/sin
+/// `table`, compiled with FMA where the CPU has it (`mul_add` is otherwise a libm call per value).
+fn rotate(data: &mut [f32], table: &[f32], row: usize, d: usize, half: usize, neox: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::has_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { rotate_fma(data, table, row, d, half, neox) };
+    }
+    rotate_body(data, table, row, d, half, neox)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn rotate_fma(data: &mut [f32], table: &[f32], row: usize, d: usize, half: usize, neox: bool) {
+    rotate_body(data, table, row, d, half, neox)
+}
+
+#[inline(always)]
+fn rotate_body(data: &mut [f32], table: &[f32], row: usize, d: usize, half: usize, neox: bool) {
+    for (tok, cos_sin) in data.chunks_exact_mut(row).zip(table.chunks_exact(2 * half)) {
+        for head in tok.chunks_exact_mut(d) {
+            for (i, cs) in cos_sin.chunks_exact(2).enumerate() {
+                let (c, s) = (cs[0], cs[1]);
+                let (a, b) = if neox {
+                    (i, i + half)
+                } else {
+                    (2 * i, 2 * i + 1)
+                };
+                let (x0, x1) = (head[a], head[b]);
+                // ggml's rotate_pairs as GCC compiles it (-ffp-contract=fast): each product
+                // pair becomes one fused multiply-add. Written plainly, positions past 2
+                // drifted from llama.cpp by up to 1.0 in a logit.
+                head[a] = x0.mul_add(c, -(x1 * s));
+                head[b] = x0.mul_add(s, x1 * c);
+            }
+        }
     }
 }
 

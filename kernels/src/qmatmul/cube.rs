@@ -767,7 +767,7 @@ impl QMatmulOps for CubeBackend {
             crate::Layout::Gguf,
             "Cube weights are never repacked"
         );
-        if kernel.arithmetic == Arithmetic::Cpu && super::cube_exact::serves(ty) {
+        if kernel.arithmetic == Arithmetic::Cpu && crate::cpu::x8::supported(ty) {
             return super::cube_exact::launch(x, words, ty, n, k);
         }
         launch_qmatmul(x, words, ty, n, k, kernel.reduction, kernel.tiling)

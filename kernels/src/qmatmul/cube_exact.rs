@@ -25,6 +25,7 @@ use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim};
 use kiln_quant::GgmlType;
 
+use crate::cpu::ActFormat;
 use crate::cube_blocks::{
     T_Q4_0, T_Q4_1, T_Q4_K, T_Q5_0, T_Q6_K, T_Q8_0, code, row_bytes, scale_min_k4,
 };
@@ -707,12 +708,8 @@ fn qmatmul_exact_tiled_kernel(
     }
 }
 
-/// Whether [`launch`] serves weights of `ty` (the types with the CPU's x8 kernels).
-pub(crate) fn serves(ty: GgmlType) -> bool {
-    crate::cpu::x8::supported(ty)
-}
-
-/// `x[m, k] · W[n, k]ᵀ` in the CPU's arithmetic (`serves(ty)` must hold, `k` whole blocks).
+/// `x[m, k] · W[n, k]ᵀ` in the CPU's arithmetic (`ty` one of the CPU's x8 types,
+/// [`crate::cpu::x8::supported`]; `k` whole blocks).
 pub(crate) fn launch(
     x: CubeTensor,
     words: CubeTensor,
@@ -725,11 +722,14 @@ pub(crate) fn launch(
     let words = into_contiguous(words);
     let client = x.client.clone();
     let m = x.meta.shape().num_elements() / k;
-    let (fmt, block) = match ty {
-        GgmlType::Q4_1 => (Q8_1, 32),
-        GgmlType::Q4_K | GgmlType::Q6_K => (Q8_K, 256),
-        _ => (Q8_0, 32),
+    // The activation format the CPU pairs with these weights.
+    let act = ActFormat::for_weights(ty).expect("exact qmatmul: an x8 type");
+    let fmt = match act {
+        ActFormat::Q8_1 => Q8_1,
+        ActFormat::Q8K => Q8_K,
+        _ => Q8_0,
     };
+    let block = act.block().0;
     let blocks = m * k / block;
     let buffer = |len: usize, dtype: DType| {
         empty_device_dtype(

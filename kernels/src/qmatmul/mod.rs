@@ -116,6 +116,23 @@ pub enum Arithmetic {
     Fast,
 }
 
+impl Arithmetic {
+    /// `cpu` or `fast` (the CLI's `--arithmetic` values).
+    pub fn name(self) -> &'static str {
+        match self {
+            Arithmetic::Cpu => "cpu",
+            Arithmetic::Fast => "fast",
+        }
+    }
+
+    /// The variant [`Arithmetic::name`] calls `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Arithmetic::Cpu, Arithmetic::Fast]
+            .into_iter()
+            .find(|a| a.name() == name)
+    }
+}
+
 /// Which Cube kernel variant a product runs (the CPU ignores all three).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CubeKernel {

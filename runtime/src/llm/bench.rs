@@ -97,7 +97,7 @@ pub fn run(
             let k = llm.model.kernel;
             format!(
                 "GPU (CubeCL, {} arithmetic, mat-vec {:?})",
-                format!("{:?}", k.arithmetic).to_lowercase(),
+                k.arithmetic.name(),
                 k.reduction
             )
         }

@@ -81,7 +81,7 @@ pub fn measure(spec: &CellSpec, progress: &mut dyn FnMut(&str)) -> Result<LlmCel
     let kernels = match &loaded.tuned {
         Some(t) => format!(
             "GPU (CubeCL), {} arithmetic, mat-vec {:?}",
-            format!("{:?}", llm.model.kernel.arithmetic).to_lowercase(),
+            llm.model.kernel.arithmetic.name(),
             t.reduction
         ),
         None => format!("CPU ({})", kiln_kernels::cpu::active_isa().name()),
