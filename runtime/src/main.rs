@@ -9,6 +9,12 @@ use kiln_runtime::inspect::{GgufSummary, human_bytes};
 use kiln_runtime::quantize::{QuantizeRequest, QuantizeSummary, parse_target, quantize_file};
 use kiln_runtime::{RuntimeError, probe_devices};
 
+/// Every tensor of a forward pass is a fresh allocation (megabytes for a prompt). glibc's
+/// malloc hands such blocks back to the system and faults them in again, zeroed, a few
+/// operations later; mimalloc keeps them.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli_cope;
 mod cli_embed;
 mod cli_images;

@@ -906,6 +906,161 @@ macro_rules! x86_dots {
                 out
             }
 
+            /// f32 lanes per vector of this module's panel kernels: [`f16`]'s 8-lane
+            /// accumulators, two to a 512-bit register where there is AVX-512.
+            pub const PANEL_LANES: usize = if $vnni { 16 } else { 8 };
+
+            /// `g` rows of `k` f16 values (`src`) as one f32 panel, in the order
+            /// [`f16_panel_tile`] reads them: with `L` = [`PANEL_LANES`] and `full` = k / 32,
+            /// value `32 i + L p + j` of row `r` at `((p · full + i) · g + r) · L + j`, so that
+            /// each accumulator pass reads one contiguous run; the tails (`k` mod 32 values) after,
+            /// row by row. The conversion is exact.
+            ///
+            /// # Safety
+            /// Every row of `src` holds `k` f16 values and `dst` room for `g · k`; the CPU has
+            /// the module's features.
+            #[target_feature(enable = $features)]
+            #[allow(unused_unsafe)]
+            pub unsafe fn f16_to_panel(k: usize, src: &[&[u8]], dst: &mut [f32]) {
+                let g = src.len();
+                assert!(src.iter().all(|s| s.len() >= 2 * k) && dst.len() >= g * k);
+                let full = k / 32;
+                let d = dst.as_mut_ptr();
+                for (r, row) in src.iter().enumerate() {
+                    let s = row.as_ptr();
+                    for p in 0..32 / PANEL_LANES {
+                        for i in 0..full {
+                            let from = 32 * i + PANEL_LANES * p;
+                            let to = ((p * full + i) * g + r) * PANEL_LANES;
+                            // SAFETY: `from + L ≤ 32 full ≤ k` values in the row, `to + L ≤
+                            // 32 full · g` in `dst`; the 512-bit branch only in the module
+                            // compiled with avx512f.
+                            unsafe {
+                                if $vnni {
+                                    let v = _mm256_loadu_si256(s.add(2 * from) as *const __m256i);
+                                    _mm512_storeu_ps(d.add(to), _mm512_cvtph_ps(v));
+                                } else {
+                                    let v = _mm_loadu_si128(s.add(2 * from) as *const __m128i);
+                                    _mm256_storeu_ps(d.add(to), _mm256_cvtph_ps(v));
+                                }
+                            }
+                        }
+                    }
+                    let tail = k - 32 * full;
+                    for t in 0..tail {
+                        // SAFETY: 32 full + t < k.
+                        dst[32 * full * g + r * tail + t] =
+                            unsafe { f16_at(s.add(2 * (32 * full + t))) };
+                    }
+                }
+            }
+
+            /// [`f16_tile`] on rows converted beforehand, `W` weight rows in panel `w` and `R`
+            /// activation rows in panel `a` ([`f16_to_panel`]): the same products summed in
+            /// the same order, so the same bits as [`f16`] per output, without a conversion in
+            /// the loop (a weight tile is converted once for many activation rows, the
+            /// activations once per product) and reading two sequential streams.
+            ///
+            /// # Safety
+            /// `w` holds a panel of `W` rows and `a` one of `R` rows, of `k` values; the CPU has
+            /// the module's features.
+            #[target_feature(enable = $features)]
+            #[allow(unused_unsafe)]
+            pub unsafe fn f16_panel_tile<const W: usize, const R: usize>(
+                k: usize,
+                w: &[f32],
+                a: &[f32],
+            ) -> [[f32; R]; W] {
+                assert!(w.len() >= W * k && a.len() >= R * k);
+                const L: usize = PANEL_LANES;
+                let full = k / 32;
+                let (wp, ap) = (w.as_ptr(), a.as_ptr());
+                // Per output, [`f16`]'s `(acc0 + acc1) + (acc2 + acc3)`: the pairs as they
+                // complete.
+                let mut pairs = [[[_mm256_setzero_ps(); 2]; R]; W];
+                if $vnni {
+                    // Pass p: accumulators 2p and 2p + 1 in one 512-bit register.
+                    for p in 0..2 {
+                        // SAFETY: avx512f in this module; `full` steps of W (R) vectors from
+                        // `p · full`, in bounds of both panels.
+                        unsafe {
+                            let mut acc = [[_mm512_setzero_ps(); R]; W];
+                            for i in p * full..(p + 1) * full {
+                                let x: [__m512; W] = std::array::from_fn(|q| {
+                                    _mm512_loadu_ps(wp.add((i * W + q) * L))
+                                });
+                                for r in 0..R {
+                                    let y = _mm512_loadu_ps(ap.add((i * R + r) * L));
+                                    for q in 0..W {
+                                        acc[q][r] = _mm512_fmadd_ps(x[q], y, acc[q][r]);
+                                    }
+                                }
+                            }
+                            for q in 0..W {
+                                for r in 0..R {
+                                    let v = acc[q][r];
+                                    pairs[q][r][p] = _mm256_add_ps(
+                                        _mm512_castps512_ps256(v),
+                                        _mm256_castpd_ps(_mm512_extractf64x4_pd(
+                                            _mm512_castps_pd(v),
+                                            1,
+                                        )),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    // AVX2's 16 registers: 2 weight rows × R activation rows, one accumulator
+                    // (c) at a time.
+                    for q0 in (0..W).step_by(2) {
+                        let g = 2.min(W - q0);
+                        let mut first = [[_mm256_setzero_ps(); R]; 2];
+                        for c in 0..4 {
+                            let mut acc = [[_mm256_setzero_ps(); R]; 2];
+                            // SAFETY: `full` steps of W (R) vectors from `c · full`, in bounds
+                            // of both panels.
+                            unsafe {
+                                for i in c * full..(c + 1) * full {
+                                    let x: [__m256; 2] = std::array::from_fn(|q| {
+                                        _mm256_loadu_ps(wp.add((i * W + q0 + q.min(g - 1)) * L))
+                                    });
+                                    for r in 0..R {
+                                        let y = _mm256_loadu_ps(ap.add((i * R + r) * L));
+                                        for q in 0..g {
+                                            acc[q][r] = _mm256_fmadd_ps(x[q], y, acc[q][r]);
+                                        }
+                                    }
+                                }
+                            }
+                            for q in 0..g {
+                                for r in 0..R {
+                                    if c % 2 == 0 {
+                                        first[q][r] = acc[q][r];
+                                    } else {
+                                        pairs[q0 + q][r][c / 2] =
+                                            _mm256_add_ps(first[q][r], acc[q][r]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                let tail = k - 32 * full;
+                let (wt, at) = (&w[32 * full * W..], &a[32 * full * R..]);
+                let mut out = [[0.0f32; R]; W];
+                for q in 0..W {
+                    for r in 0..R {
+                        let mut s = hsum_f32_8(_mm256_add_ps(pairs[q][r][0], pairs[q][r][1]));
+                        for t in 0..tail {
+                            s += wt[q * tail + t] * at[r * tail + t];
+                        }
+                        out[q][r] = s;
+                    }
+                }
+                out
+            }
+
             /// # Safety
             /// `w` and `a` hold `k` f32 values each; the CPU has the module's features.
             #[target_feature(enable = $features)]

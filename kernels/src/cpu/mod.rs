@@ -17,6 +17,7 @@ mod x8_neon;
 #[cfg(target_arch = "x86_64")]
 mod x8_x86;
 
+use std::ops::Range;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -234,6 +235,8 @@ pub const TILE_W: usize = 4;
 /// Activation rows (a multiple of [`ROWS`]) a thread runs against all its weight tiles before
 /// the next ones.
 const TILE_CHUNK: usize = 64;
+/// Activation rows from which a product splits activation rows (not weight rows) among threads.
+const SPLIT_ROWS_FROM: usize = 16;
 /// [`TILE_W`] weight rows against [`ROWS`] activation rows (batches).
 pub type DotTileFn = fn(usize, &[&[u8]; TILE_W], &[&[u8]; ROWS]) -> [[f32; ROWS]; TILE_W];
 
@@ -246,7 +249,6 @@ pub fn dot_tile_fn(isa: Isa, ty: GgmlType) -> Option<DotTileFn> {
             GgmlType::Q4_0 => Some(safe_x86::avx2::q4_0_tile),
             GgmlType::Q4_1 => Some(safe_x86::avx2::q4_1_tile),
             GgmlType::Q8_0 => Some(safe_x86::avx2::q8_0_tile),
-            GgmlType::F16 => Some(safe_x86::avx2::f16_tile),
             _ => None,
         },
         #[cfg(target_arch = "x86_64")]
@@ -254,9 +256,45 @@ pub fn dot_tile_fn(isa: Isa, ty: GgmlType) -> Option<DotTileFn> {
             GgmlType::Q4_0 => Some(safe_x86::avx512vnni::q4_0_tile),
             GgmlType::Q4_1 => Some(safe_x86::avx512vnni::q4_1_tile),
             GgmlType::Q8_0 => Some(safe_x86::avx512vnni::q8_0_tile),
-            GgmlType::F16 => Some(safe_x86::avx512vnni::f16_tile),
             _ => None,
         },
+        _ => None,
+    }
+}
+
+/// Batches of weights held in a format the tile kernel would convert on every load (F16): the
+/// rows converted to f32 beforehand, in the kernel's own order ("panels"), the activations once
+/// per product and each weight tile once per chunk of activation rows.
+#[derive(Clone, Copy)]
+pub struct PanelFns {
+    /// `to_panel(k, rows, out)`: weight or activation rows of `k` values as one panel (the
+    /// rows interleaved in the order the tile reads them).
+    pub to_panel: fn(usize, &[&[u8]], &mut [f32]),
+    /// A panel of [`PANEL_W`] weight rows against one of [`ROWS`] activation rows, bit-identical
+    /// to the [`DotFn`] per output.
+    pub tile: PanelTileFn,
+}
+
+/// `tile(k, weight_panel, activation_panel)` ([`PanelFns`]).
+pub type PanelTileFn = fn(usize, &[f32], &[f32]) -> [[f32; ROWS]; PANEL_W];
+
+/// Weight rows per tile of the panel kernels.
+pub const PANEL_W: usize = 6;
+
+/// The panel kernels of `isa` for `ty`, where there are some.
+pub fn panel_fns(isa: Isa, ty: GgmlType) -> Option<PanelFns> {
+    let _ = ty; // (none on ARM)
+    match (isa, ty) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, GgmlType::F16) if isa.available() => Some(PanelFns {
+            to_panel: safe_x86::avx2::f16_to_panel,
+            tile: safe_x86::avx2::f16_panel_tile,
+        }),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512Vnni, GgmlType::F16) if isa.available() => Some(PanelFns {
+            to_panel: safe_x86::avx512vnni::f16_to_panel,
+            tile: safe_x86::avx512vnni::f16_panel_tile,
+        }),
         _ => None,
     }
 }
@@ -286,6 +324,22 @@ mod safe_x86 {
             })*
         };
     }
+    macro_rules! wrap_panel {
+        ($isa:ident) => {
+            pub fn f16_to_panel(k: usize, src: &[&[u8]], dst: &mut [f32]) {
+                // SAFETY: as `wrap!`, through `panel_fns`.
+                unsafe { super::super::dot_x86::$isa::f16_to_panel(k, src, dst) }
+            }
+            pub fn f16_panel_tile(
+                k: usize,
+                w: &[f32],
+                a: &[f32],
+            ) -> [[f32; super::super::ROWS]; super::super::PANEL_W] {
+                // SAFETY: as `wrap!`, through `panel_fns`.
+                unsafe { super::super::dot_x86::$isa::f16_panel_tile(k, w, a) }
+            }
+        };
+    }
     macro_rules! wrap_rows {
         ($isa:ident: $($f:ident),*) => {
             $(pub fn $f(k: usize, w: &[u8], a: &[&[u8]; super::super::ROWS]) -> [f32; super::super::ROWS] {
@@ -297,12 +351,14 @@ mod safe_x86 {
     pub mod avx2 {
         wrap!(@fns avx2: f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k);
         wrap_rows!(avx2: f16_rows, q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, q4_k_rows, q5_k_rows, q6_k_rows);
-        wrap_tile!(avx2: q4_0_tile, q4_1_tile, q8_0_tile, f16_tile);
+        wrap_tile!(avx2: q4_0_tile, q4_1_tile, q8_0_tile);
+        wrap_panel!(avx2);
     }
     pub mod avx512vnni {
         wrap!(@fns avx512vnni: f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k);
         wrap_rows!(avx512vnni: f16_rows, q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, q4_k_rows, q5_k_rows, q6_k_rows);
-        wrap_tile!(avx512vnni: q4_0_tile, q4_1_tile, q8_0_tile, f16_tile);
+        wrap_tile!(avx512vnni: q4_0_tile, q4_1_tile, q8_0_tile);
+        wrap_panel!(avx512vnni);
     }
 }
 
@@ -357,6 +413,11 @@ pub fn qmatmul(
     } else {
         None
     };
+    let panel = if m >= ROWS && dot_rows.is_some() {
+        panel_fns(isa, ty)
+    } else {
+        None
+    };
     let w_row = ty.block_bytes() * (k / ty.block_size());
     assert_eq!(
         w.len(),
@@ -369,67 +430,125 @@ pub fn qmatmul(
     let pool = pool::pool();
     let threads = pool.threads();
     let a = quantize_acts(act, x, m, k);
+    let a_at = |i: usize| &a[i * a_row..(i + 1) * a_row];
 
-    // Each thread takes an even share of the weight rows and writes their outputs for every
-    // activation row, transposed ([n, m]) so that shares are disjoint slices.
+    // Weight rows `ws` against activation rows `is`, outputs (i, j..) to `put(i, j, ys)`.
+    let block = |ws: Range<usize>, is: Range<usize>, put: &mut dyn FnMut(usize, usize, &[f32])| {
+        // Groups of ROWS activation rows share each weight row's loads; the rest go singly.
+        let grouped = if dot_rows.is_some() {
+            is.start..is.start + is.len() / ROWS * ROWS
+        } else {
+            is.start..is.start
+        };
+        // Batches: tiles of TILE_W (PANEL_W) weight rows × ROWS activation rows, the
+        // activation rows taken TILE_CHUNK at a time against all the weight tiles (so that they
+        // stay in the core's cache while the weights stream past).
+        let tw = if panel.is_some() { PANEL_W } else { TILE_W };
+        let tiled = if !grouped.is_empty() && (dot_tile.is_some() || panel.is_some()) {
+            ws.start..ws.start + ws.len() / tw * tw
+        } else {
+            ws.start..ws.start
+        };
+        // The grouped activation rows and a weight tile as panels.
+        let (a_panel, mut w_panel) = match panel.filter(|_| !tiled.is_empty()) {
+            Some(p) => {
+                let mut ap = vec![0.0f32; grouped.len() * k];
+                for (d, i) in ap
+                    .chunks_exact_mut(ROWS * k)
+                    .zip(grouped.clone().step_by(ROWS))
+                {
+                    let rows: [&[u8]; ROWS] = std::array::from_fn(|q| a_at(i + q));
+                    (p.to_panel)(k, &rows, d);
+                }
+                (ap, vec![0.0f32; PANEL_W * k])
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        for c0 in grouped
+            .clone()
+            .step_by(TILE_CHUNK)
+            .filter(|_| !tiled.is_empty())
+        {
+            let c1 = (c0 + TILE_CHUNK).min(grouped.end);
+            for j in tiled.clone().step_by(tw) {
+                let w_at = |q: usize| &w[(j + q) * w_row..(j + q + 1) * w_row];
+                let mut put_tile = |i: usize, y: &[[f32; ROWS]]| {
+                    for r in 0..ROWS {
+                        let mut ys = [0.0f32; PANEL_W];
+                        for (o, yq) in ys.iter_mut().zip(y) {
+                            *o = yq[r];
+                        }
+                        put(i + r, j, &ys[..y.len()]);
+                    }
+                };
+                if let Some(p) = panel {
+                    let rows: [&[u8]; PANEL_W] = std::array::from_fn(w_at);
+                    (p.to_panel)(k, &rows, &mut w_panel);
+                    for i in (c0..c1).step_by(ROWS) {
+                        let at = (i - grouped.start) * k;
+                        put_tile(i, &(p.tile)(k, &w_panel, &a_panel[at..at + ROWS * k]));
+                    }
+                } else if let Some(tile) = dot_tile {
+                    let wr = std::array::from_fn(w_at);
+                    for i in (c0..c1).step_by(ROWS) {
+                        put_tile(i, &tile(k, &wr, &std::array::from_fn(|q| a_at(i + q))));
+                    }
+                }
+            }
+        }
+        // Outside the tiles: ROWS activation rows at a time where there is a kernel; the
+        // activation rows left over, every weight row, one at a time.
+        for j in ws {
+            let wr = &w[j * w_row..(j + 1) * w_row];
+            if let Some(f) = dot_rows.filter(|_| !tiled.contains(&j)) {
+                for i in grouped.clone().step_by(ROWS) {
+                    let y = f(k, wr, &std::array::from_fn(|q| a_at(i + q)));
+                    for (r, v) in y.into_iter().enumerate() {
+                        put(i + r, j, &[v]);
+                    }
+                }
+            }
+            for i in grouped.end..is.end {
+                put(i, j, &[dot(k, wr, a_at(i))]);
+            }
+        }
+    };
+
+    if m >= SPLIT_ROWS_FROM || (threads == 1 && m > 1) {
+        // Prompts (and batches on one thread): each thread its own activation rows against all
+        // the weights, writing whole output rows.
+        let mut out = vec![0.0f32; m * n];
+        let parts: Vec<Mutex<&mut [f32]>> = split_rows(&mut out, n, m, threads)
+            .into_iter()
+            .map(Mutex::new)
+            .collect();
+        pool.run(&|t: usize| {
+            let mine = pool::share(m, threads, t);
+            let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
+            let first = mine.start;
+            block(0..n, mine, &mut |i, j, ys| {
+                part[(i - first) * n + j..][..ys.len()].copy_from_slice(ys)
+            });
+        });
+        return out;
+    }
+    // Decode and small batches: each thread an even share of the weight rows, writing their
+    // outputs for every activation row transposed ([n, m]) so that shares are disjoint slices.
     let mut out_t = vec![0.0f32; n * m];
     {
         let parts: Vec<Mutex<&mut [f32]>> = split_rows(&mut out_t, m, n, threads)
             .into_iter()
             .map(Mutex::new)
             .collect();
-        let a = &a;
         pool.run(&|t: usize| {
-            let rows = pool::share(n, threads, t);
-            let mut out = parts[t].lock().unwrap_or_else(|e| e.into_inner());
-            let a_at = |i: usize| &a[i * a_row..(i + 1) * a_row];
-            // Groups of ROWS activation rows share each weight row's loads; the rest go singly.
-            let grouped = if dot_rows.is_some() {
-                m / ROWS * ROWS
-            } else {
-                0
-            };
-            // Batches: tiles of TILE_W weight rows × ROWS activation rows, the activation rows
-            // taken TILE_CHUNK at a time against all the thread's weight tiles (so that they
-            // stay in the core's cache while the weights stream past).
-            let dot_tile = dot_tile.filter(|_| grouped > 0);
-            let tiles = if dot_tile.is_some() {
-                rows.len() / TILE_W * TILE_W
-            } else {
-                0
-            };
-            if let Some(tile) = dot_tile {
-                for c0 in (0..grouped).step_by(TILE_CHUNK) {
-                    let c1 = (c0 + TILE_CHUNK).min(grouped);
-                    for r0 in (0..tiles).step_by(TILE_W) {
-                        let j = rows.start + r0;
-                        let ws: [&[u8]; TILE_W] =
-                            std::array::from_fn(|q| &w[(j + q) * w_row..(j + q + 1) * w_row]);
-                        for i in (c0..c1).step_by(ROWS) {
-                            let y = tile(k, &ws, &std::array::from_fn(|q| a_at(i + q)));
-                            for (q, yq) in y.iter().enumerate() {
-                                out[(r0 + q) * m + i..(r0 + q) * m + i + ROWS].copy_from_slice(yq);
-                            }
-                        }
-                    }
+            let mine = pool::share(n, threads, t);
+            let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
+            let first = mine.start;
+            block(mine, 0..m, &mut |i, j, ys| {
+                for (q, &y) in ys.iter().enumerate() {
+                    part[(j + q - first) * m + i] = y;
                 }
-            }
-            // Rows outside the tiles: ROWS activation rows at a time where there is a kernel;
-            // the activation rows left over, every weight row, one at a time.
-            for r in 0..rows.len() {
-                let j = rows.start + r;
-                let wr = &w[j * w_row..(j + 1) * w_row];
-                let out = &mut out[r * m..(r + 1) * m];
-                if let Some(f) = dot_rows.filter(|_| r >= tiles) {
-                    for i in (0..grouped).step_by(ROWS) {
-                        let y = f(k, wr, &std::array::from_fn(|q| a_at(i + q)));
-                        out[i..i + ROWS].copy_from_slice(&y);
-                    }
-                }
-                for (i, o) in out.iter_mut().enumerate().skip(grouped) {
-                    *o = dot(k, wr, a_at(i));
-                }
-            }
+            });
         });
     }
     if m == 1 {
@@ -589,6 +708,41 @@ mod tests {
                         assert!(
                             (g - s).abs() <= 1e-5 * (1.0 + s.abs()) + 1e-6 * xnorm * wnorm,
                             "{ty} {} m{m} n{n} k{k}: {g} vs scalar {s}",
+                            isa.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The panel kernels (F16 batches) give each output the one-row dot's bits, whatever the
+    /// tail of `k` past its 32-value steps.
+    #[test]
+    fn panel_tiles_are_bit_identical_to_the_dot() {
+        for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+            let Some(p) = panel_fns(isa, GgmlType::F16) else {
+                continue;
+            };
+            let dot = dot_fn(isa, GgmlType::F16).unwrap();
+            for k in [32, 101, 583] {
+                let row = |i: usize| {
+                    kiln_quant::blocks::quantize_to_vec(GgmlType::F16, &data(k, 40 + i as u64))
+                        .unwrap()
+                };
+                let w: Vec<Vec<u8>> = (0..PANEL_W).map(row).collect();
+                let a: Vec<Vec<u8>> = (0..ROWS).map(|i| row(100 + i)).collect();
+                let (mut wp, mut ap) = (vec![0.0; PANEL_W * k], vec![0.0; ROWS * k]);
+                (p.to_panel)(k, &w.iter().map(|r| &r[..]).collect::<Vec<_>>(), &mut wp);
+                (p.to_panel)(k, &a.iter().map(|r| &r[..]).collect::<Vec<_>>(), &mut ap);
+                let y = (p.tile)(k, &wp, &ap);
+                for (q, yq) in y.iter().enumerate() {
+                    for (r, v) in yq.iter().enumerate() {
+                        let want = dot(k, &w[q], &a[r]);
+                        assert_eq!(
+                            v.to_bits(),
+                            want.to_bits(),
+                            "{} k{k} ({q}, {r})",
                             isa.name()
                         );
                     }

@@ -247,7 +247,8 @@ fn swiglu_slice(g: &[f32], u: &[f32], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn swiglu_fma(g: &[f32], u: &[f32], out: &mut [f32]) {
-    swiglu_body(g, u, out)
+    // SAFETY: the caller's target features.
+    unsafe { dot_x86::swiglu(g, u, out) }
 }
 
 #[inline(always)]
@@ -271,7 +272,8 @@ fn softmax_exp(scores: &mut [f32], max: f32) -> f64 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn softmax_exp_fma(scores: &mut [f32], max: f32) -> f64 {
-    softmax_exp_body(scores, max)
+    // SAFETY: the caller's target features.
+    unsafe { dot_x86::softmax_exp(scores, max) }
 }
 
 #[inline(always)]
@@ -631,6 +633,101 @@ mod dot_x86 {
         }
     }
 
+    /// [`super::ggml_expf`] of eight lanes, lane by lane the same operations; `None` where a
+    /// lane needs the scalar function's rare branches (a power of two outside the normal
+    /// floats but not below 2^-192, or NaN).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub fn expf8(x: __m256) -> Option<__m256> {
+        let c = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
+        let r = c(0x4b40_0000);
+        let z = _mm256_fmadd_ps(x, c(0x3fb8_aa3b), r);
+        let n = _mm256_sub_ps(z, r);
+        let in_range = _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_GE_OQ>(n, _mm256_set1_ps(-126.0)),
+            _mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_set1_ps(127.0)),
+        );
+        // The scalar function's result 0 (its first branch, taken for -inf too).
+        let zero = _mm256_cmp_ps::<_CMP_LT_OQ>(n, _mm256_set1_ps(-192.0));
+        if _mm256_movemask_ps(_mm256_or_ps(in_range, zero)) != 0xff {
+            return None;
+        }
+        let neg_n = _mm256_xor_ps(n, _mm256_set1_ps(-0.0));
+        let b = _mm256_fmadd_ps(
+            neg_n,
+            c(0x35bf_be8e),
+            _mm256_fmadd_ps(neg_n, c(0x3f31_7200), x),
+        );
+        let u = _mm256_mul_ps(b, b);
+        let j = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(
+                _mm256_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+                u,
+                _mm256_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+            ),
+            u,
+            _mm256_fmadd_ps(c(0x3f7f_fff6), b, _mm256_set1_ps(1.0)),
+        );
+        let ni = _mm256_cvttps_epi32(n);
+        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            ni,
+            _mm256_set1_epi32(127),
+        )));
+        Some(_mm256_andnot_ps(zero, _mm256_mul_ps(j, pow2)))
+    }
+
+    /// `out = silu(g) · u` as [`super::swiglu_body`] computes it, eight lanes at a time.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn swiglu(g: &[f32], u: &[f32], out: &mut [f32]) {
+        let len = out.len().min(g.len()).min(u.len());
+        let full = len / 8 * 8;
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 <= len values in each slice.
+            unsafe {
+                let gv = _mm256_loadu_ps(g.as_ptr().add(i));
+                if let Some(e) = expf8(_mm256_xor_ps(gv, _mm256_set1_ps(-0.0))) {
+                    let s = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+                    let y = _mm256_mul_ps(s, _mm256_loadu_ps(u.as_ptr().add(i)));
+                    _mm256_storeu_ps(out.as_mut_ptr().add(i), y);
+                    continue;
+                }
+            }
+            super::swiglu_body(&g[i..i + 8], &u[i..i + 8], &mut out[i..i + 8]);
+        }
+        super::swiglu_body(&g[full..len], &u[full..len], &mut out[full..len]);
+    }
+
+    /// [`super::softmax_exp_body`], sixteen lanes at a time.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax_exp(scores: &mut [f32], max: f32) -> f64 {
+        let mut sum = 0.0f64;
+        let m = _mm256_set1_ps(max);
+        for chunk in scores.chunks_mut(16) {
+            if chunk.len() == 16 {
+                let p = chunk.as_mut_ptr();
+                // SAFETY: 16 values at p.
+                unsafe {
+                    let lo = _mm256_sub_ps(_mm256_loadu_ps(p), m);
+                    let hi = _mm256_sub_ps(_mm256_loadu_ps(p.add(8)), m);
+                    if let (Some(lo), Some(hi)) = (expf8(lo), expf8(hi)) {
+                        _mm256_storeu_ps(p, lo);
+                        _mm256_storeu_ps(p.add(8), hi);
+                        sum += f64::from(reduce16(lo, hi));
+                        continue;
+                    }
+                }
+            }
+            sum += super::softmax_exp_body(chunk, max);
+        }
+        sum
+    }
+
     /// The 16 lanes of `ggml_vec_dot_f16`'s four accumulators (eight vectors) folded as
     /// `GGML_F32x16_REDUCE` does, then reduced.
     #[inline]
@@ -925,6 +1022,100 @@ mod tests {
 
     fn portable(segments: &[(&[f32], &[f32])], order: SumOrder) -> f32 {
         ggml_dot_portable(segments.iter().copied(), order)
+    }
+
+    /// The eight-lane exp, SwiGLU and softmax are the scalar functions to the bit, over the
+    /// whole range of inputs (the branches of ggml_expf included: lanes that need them send
+    /// their chunk to the scalar code).
+    #[test]
+    fn simd_exp_swiglu_and_softmax_are_the_scalar_ones() {
+        if !crate::cpu::has_fma() {
+            return;
+        }
+        let mut s = 7u64;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 32) as u32
+        };
+        // Random floats of every magnitude, values around the branch points, and specials.
+        let mut xs: Vec<f32> = (0..40_000)
+            .map(|i| match i % 4 {
+                0 => f32::from_bits(next()),
+                1 => (next() as f32 / u32::MAX as f32 - 0.5) * 250.0,
+                2 => (next() as f32 / u32::MAX as f32 - 0.5) * 20.0,
+                _ => (next() as f32 / u32::MAX as f32 - 0.5) * 1e-3,
+            })
+            .collect();
+        for b in [
+            -134.0f32, -133.0, -88.0, -87.5, 87.5, 88.5, 89.0, 133.5, 134.0,
+        ] {
+            for d in -40..40 {
+                xs.push(b + d as f32 * 0.01);
+            }
+        }
+        xs.extend([
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            f32::NAN,
+            0.0,
+            -0.0,
+            f32::MIN,
+            f32::MAX,
+        ]);
+        while !xs.len().is_multiple_of(16) {
+            xs.push(1.0);
+        }
+        for (i, c) in xs.chunks_exact(8).enumerate() {
+            // SAFETY: the CPU has AVX2 and FMA (checked); 8 values.
+            let got = unsafe {
+                use core::arch::x86_64::*;
+                dot_x86::expf8(_mm256_loadu_ps(c.as_ptr())).map(|v| {
+                    let mut o = [0.0f32; 8];
+                    _mm256_storeu_ps(o.as_mut_ptr(), v);
+                    o
+                })
+            };
+            if let Some(got) = got {
+                for (g, &x) in got.iter().zip(c) {
+                    assert_eq!(g.to_bits(), ggml_expf(x).to_bits(), "exp({x}) chunk {i}");
+                }
+            }
+        }
+        let us: Vec<f32> = xs.iter().rev().map(|x| x.clamp(-3.0, 3.0)).collect();
+        let mut want = vec![0.0f32; xs.len() - 3];
+        swiglu_body(&xs[..want.len()], &us[..want.len()], &mut want);
+        let mut got = vec![0.0f32; want.len()];
+        swiglu_slice(&xs[..want.len()], &us[..want.len()], &mut got);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "swiglu at {i}: g {}", xs[i]);
+        }
+        // Softmax rows as attention makes them: scores, -inf for hidden slots, a row maximum.
+        for (r, row) in xs.chunks(16 * 7).enumerate() {
+            let mut row: Vec<f32> = row
+                .iter()
+                .enumerate()
+                .map(|(j, x)| {
+                    if j % 11 == 3 {
+                        f32::NEG_INFINITY
+                    } else {
+                        x.clamp(-50.0, 50.0)
+                    }
+                })
+                .collect();
+            row.truncate(row.len() - r % 5);
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut want = row.clone();
+            let want_sum = softmax_exp_body(&mut want, max);
+            let got_sum = softmax_exp(&mut row, max);
+            assert_eq!(got_sum.to_bits(), want_sum.to_bits(), "row {r}");
+            assert!(
+                row.iter()
+                    .zip(&want)
+                    .all(|(g, w)| g.to_bits() == w.to_bits())
+            );
+        }
     }
 
     /// The AVX2 attention sums (scores eight keys at a time, weighted sums four outputs at a
