@@ -278,6 +278,15 @@ pub struct PanelFns {
 /// `tile(k, weight_panel, activation_panel)` ([`PanelFns`]).
 pub type PanelTileFn = fn(usize, &[f32], &[f32]) -> [[f32; ROWS]; PANEL_W];
 
+std::thread_local! {
+    /// Each thread's panel buffer, kept from one product to the next: a prompt's products
+    /// would otherwise fault in megabytes of fresh pages each (with glibc's malloc).
+    static SPARE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The most f32 values a thread's spare buffer keeps (16 MiB).
+const SPARE_MAX: usize = 1 << 22;
+
 /// Weight rows per tile of the panel kernels.
 pub const PANEL_W: usize = 6;
 
@@ -449,10 +458,14 @@ pub fn qmatmul(
         } else {
             ws.start..ws.start
         };
-        // The grouped activation rows and a weight tile as panels.
-        let (a_panel, mut w_panel) = match panel.filter(|_| !tiled.is_empty()) {
+        // The grouped activation rows and a weight tile as panels, in this thread's spare
+        // buffer.
+        let mut spare = Vec::new();
+        let (a_panel, w_panel) = match panel.filter(|_| !tiled.is_empty()) {
             Some(p) => {
-                let mut ap = vec![0.0f32; grouped.len() * k];
+                spare = SPARE.take();
+                spare.resize((grouped.len() + PANEL_W) * k, 0.0);
+                let (ap, wp) = spare.split_at_mut(grouped.len() * k);
                 for (d, i) in ap
                     .chunks_exact_mut(ROWS * k)
                     .zip(grouped.clone().step_by(ROWS))
@@ -460,9 +473,9 @@ pub fn qmatmul(
                     let rows: [&[u8]; ROWS] = std::array::from_fn(|q| a_at(i + q));
                     (p.to_panel)(k, &rows, d);
                 }
-                (ap, vec![0.0f32; PANEL_W * k])
+                (&*ap, wp)
             }
-            None => (Vec::new(), Vec::new()),
+            None => (&[][..], &mut [][..]),
         };
         for c0 in grouped
             .clone()
@@ -483,10 +496,10 @@ pub fn qmatmul(
                 };
                 if let Some(p) = panel {
                     let rows: [&[u8]; PANEL_W] = std::array::from_fn(w_at);
-                    (p.to_panel)(k, &rows, &mut w_panel);
+                    (p.to_panel)(k, &rows, w_panel);
                     for i in (c0..c1).step_by(ROWS) {
                         let at = (i - grouped.start) * k;
-                        put_tile(i, &(p.tile)(k, &w_panel, &a_panel[at..at + ROWS * k]));
+                        put_tile(i, &(p.tile)(k, w_panel, &a_panel[at..at + ROWS * k]));
                     }
                 } else if let Some(tile) = dot_tile {
                     let wr = std::array::from_fn(w_at);
@@ -511,6 +524,9 @@ pub fn qmatmul(
             for i in grouped.end..is.end {
                 put(i, j, &[dot(k, wr, a_at(i))]);
             }
+        }
+        if spare.capacity() <= SPARE_MAX {
+            SPARE.set(spare);
         }
     };
 
