@@ -289,6 +289,8 @@ const SPARE_MAX: usize = 1 << 22;
 
 /// Weight rows per tile of the panel kernels.
 pub const PANEL_W: usize = 6;
+// (A tile's outputs are gathered in an array of PANEL_W.)
+const _: () = assert!(PANEL_W >= TILE_W);
 
 /// The panel kernels of `isa` for `ty`, where there are some.
 pub fn panel_fns(isa: Isa, ty: GgmlType) -> Option<PanelFns> {
@@ -773,8 +775,10 @@ mod tests {
     fn batched_rows_are_bit_identical_to_rows_alone() {
         for &ty in MATMUL_TYPES {
             let kb = ty.block_size().max(32);
-            // n = 9: two 4-row weight tiles and a leftover row; m = 11: two groups of 4 and 3;
-            // m = 70: a chunk of 64 rows (TILE_CHUNK), one of 4 and 2 left.
+            // n = 9: two 4-row weight tiles and a leftover row (F16: a 6-row panel tile and 3);
+            // m = 11: two groups of 4 and 3;
+            // m = 70 (activation rows split among threads): on one thread a chunk of 64 rows
+            // (TILE_CHUNK), one of 4 and 2 left; on two, 35 rows each (8 groups and 3 left).
             let (n, k) = (9, kb * 3 + if ty.block_size() == 1 { 5 } else { 0 });
             let w = kiln_quant::blocks::quantize_to_vec(ty, &data(n * k, 5)).unwrap();
             for (m, isa) in [11, 70].into_iter().flat_map(|m| {
