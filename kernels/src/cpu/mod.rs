@@ -235,7 +235,8 @@ pub const TILE_W: usize = 4;
 /// Activation rows (a multiple of [`ROWS`]) a thread runs against all its weight tiles before
 /// the next ones.
 const TILE_CHUNK: usize = 64;
-/// Activation rows from which a product splits activation rows (not weight rows) among threads.
+/// Activation rows from which a product splits activation rows (not weight rows) among threads
+/// ([`split_product`]).
 const SPLIT_ROWS_FROM: usize = 16;
 /// [`TILE_W`] weight rows against [`ROWS`] activation rows (batches).
 pub type DotTileFn = fn(usize, &[&[u8]; TILE_W], &[&[u8]; ROWS]) -> [[f32; ROWS]; TILE_W];
@@ -438,13 +439,11 @@ pub fn qmatmul(
     assert_eq!(x.len(), m * k, "qmatmul: activations for [{m}, {k}]");
 
     let a_row = act.row_bytes(k);
-    let pool = pool::pool();
-    let threads = pool.threads();
     let a = quantize_acts(act, x, m, k);
     let a_at = |i: usize| &a[i * a_row..(i + 1) * a_row];
 
-    // Weight rows `ws` against activation rows `is`, outputs (i, j..) to `put(i, j, ys)`.
-    let block = |ws: Range<usize>, is: Range<usize>, put: &mut dyn FnMut(usize, usize, &[f32])| {
+    // Weight rows `ws` against activation rows `is`.
+    let block = |ws: Range<usize>, is: Range<usize>, put: Put| {
         // Groups of ROWS activation rows share each weight row's loads; the rest go singly.
         let grouped = if dot_rows.is_some() {
             is.start..is.start + is.len() / ROWS * ROWS
@@ -532,9 +531,28 @@ pub fn qmatmul(
         }
     };
 
+    split_product(m, n, 1, &block)
+}
+
+/// `put(i, j, ys)`: outputs `ys` of activation row `i` against weight rows `j..j + ys.len()`.
+pub(crate) type Put<'a> = &'a mut dyn FnMut(usize, usize, &[f32]);
+
+/// The `[m, n]` outputs of a product that `block(units, rows, put)` computes for weight units
+/// `units` (`unit` weight rows each, `n / unit` in all) against activation rows `rows`, spread
+/// over the pool. Prompts (from [`SPLIT_ROWS_FROM`] activation rows, and any batch on one
+/// thread): each thread its own activation rows against every unit, writing whole output rows.
+/// Decode and small batches: each thread an even share of the units, writing `[n, m]` (disjoint
+/// slices), transposed after.
+pub(crate) fn split_product(
+    m: usize,
+    n: usize,
+    unit: usize,
+    block: &(impl Fn(Range<usize>, Range<usize>, Put) + Sync),
+) -> Vec<f32> {
+    let pool = pool::pool();
+    let threads = pool.threads();
+    let units = n / unit;
     if m >= SPLIT_ROWS_FROM || (threads == 1 && m > 1) {
-        // Prompts (and batches on one thread): each thread its own activation rows against all
-        // the weights, writing whole output rows.
         let mut out = vec![0.0f32; m * n];
         let parts: Vec<Mutex<&mut [f32]>> = split_rows(&mut out, n, m, threads)
             .into_iter()
@@ -544,24 +562,22 @@ pub fn qmatmul(
             let mine = pool::share(m, threads, t);
             let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
             let first = mine.start;
-            block(0..n, mine, &mut |i, j, ys| {
+            block(0..units, mine, &mut |i, j, ys| {
                 part[(i - first) * n + j..][..ys.len()].copy_from_slice(ys)
             });
         });
         return out;
     }
-    // Decode and small batches: each thread an even share of the weight rows, writing their
-    // outputs for every activation row transposed ([n, m]) so that shares are disjoint slices.
     let mut out_t = vec![0.0f32; n * m];
     {
-        let parts: Vec<Mutex<&mut [f32]>> = split_rows(&mut out_t, m, n, threads)
+        let parts: Vec<Mutex<&mut [f32]>> = split_rows(&mut out_t, unit * m, units, threads)
             .into_iter()
             .map(Mutex::new)
             .collect();
         pool.run(&|t: usize| {
-            let mine = pool::share(n, threads, t);
+            let mine = pool::share(units, threads, t);
             let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
-            let first = mine.start;
+            let first = mine.start * unit;
             block(mine, 0..m, &mut |i, j, ys| {
                 for (q, &y) in ys.iter().enumerate() {
                     part[(j + q - first) * m + i] = y;

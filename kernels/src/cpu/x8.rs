@@ -491,8 +491,6 @@ fn by_rows<const W: usize>(
     }
 }
 
-/// Activation rows from which a product splits rows (not weight groups) among threads.
-const SPLIT_ROWS_FROM: usize = 16;
 /// Activation rows a thread runs against all weight groups before the next rows (they stay in
 /// the core's L2 while the weights stream past).
 const ROW_CHUNK: usize = 64;
@@ -527,9 +525,6 @@ pub fn qmatmul(
         .collect();
     let kern = kernels(isa, ty);
     let group_bytes = nb * packed_block(ty);
-    let groups = n / GROUP;
-    let pool = pool::pool();
-    let threads = pool.threads();
 
     // Runs activation rows `rows` against groups `groups`, two at a time where the kernels
     // allow, handing each row's 8 outputs per group to `put` (row, group, outputs).
@@ -568,46 +563,14 @@ pub fn qmatmul(
             }
         };
 
-    if m >= SPLIT_ROWS_FROM && threads > 1 {
-        // Prompts: each thread its own activation rows, all the weights; output rows disjoint.
-        let mut out = vec![0.0f32; m * n];
-        let parts: Vec<Mutex<&mut [f32]>> = super::split_rows(&mut out, n, m, threads)
-            .into_iter()
-            .map(Mutex::new)
-            .collect();
-        pool.run(&|t: usize| {
-            let mine = pool::share(m, threads, t);
-            let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
-            for c0 in mine.clone().step_by(ROW_CHUNK) {
-                let c1 = (c0 + ROW_CHUNK).min(mine.end);
-                run_groups(0..groups, c0..c1, &mut |i, g, y| {
-                    let at = (i - mine.start) * n + g * GROUP;
-                    part[at..at + GROUP].copy_from_slice(y);
-                });
-            }
-        });
-        return out;
-    }
-    // Decode and small batches: each thread a share of the weight groups, output `[n, m]`.
-    let mut out_t = vec![0.0f32; n * m];
-    let parts: Vec<Mutex<&mut [f32]>> = super::split_rows(&mut out_t, GROUP * m, groups, threads)
-        .into_iter()
-        .map(Mutex::new)
-        .collect();
-    pool.run(&|t: usize| {
-        let mine = pool::share(groups, threads, t);
-        let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
-        let first = mine.start;
-        run_groups(mine, 0..m, &mut |i, g, y| {
-            for (q, v) in y.iter().enumerate() {
-                part[((g - first) * GROUP + q) * m + i] = *v;
-            }
-        });
-    });
-    if m == 1 {
-        return out_t;
-    }
-    super::transpose(&out_t, n, m)
+    // Activation rows ROW_CHUNK at a time against all the groups `gs`.
+    let block = |gs: Range<usize>, rows: Range<usize>, put: super::Put| {
+        for c0 in rows.clone().step_by(ROW_CHUNK) {
+            let c1 = (c0 + ROW_CHUNK).min(rows.end);
+            run_groups(gs.clone(), c0..c1, &mut |i, g, y| put(i, g * GROUP, y));
+        }
+    };
+    super::split_product(m, n, GROUP, &block)
 }
 
 /// The portable kernels, in the same order of operations as the SIMD ones (so bit-identical).
