@@ -425,11 +425,7 @@ pub fn qmatmul(
     } else {
         None
     };
-    let panel = if m >= ROWS && dot_rows.is_some() {
-        panel_fns(isa, ty)
-    } else {
-        None
-    };
+    let panel = if m >= ROWS { panel_fns(isa, ty) } else { None };
     let w_row = ty.block_bytes() * (k / ty.block_size());
     assert_eq!(
         w.len(),
@@ -460,11 +456,11 @@ pub fn qmatmul(
             ws.start..ws.start
         };
         // The grouped activation rows and a weight tile as panels, in this thread's spare
-        // buffer.
-        let mut spare = Vec::new();
+        // buffer (taken here, given back at the end).
+        let mut spare = None;
         let (a_panel, w_panel) = match panel.filter(|_| !tiled.is_empty()) {
             Some(p) => {
-                spare = SPARE.take();
+                let spare = spare.insert(SPARE.take());
                 spare.resize((grouped.len() + PANEL_W) * k, 0.0);
                 let (ap, wp) = spare.split_at_mut(grouped.len() * k);
                 for (d, i) in ap
@@ -526,7 +522,7 @@ pub fn qmatmul(
                 put(i, j, &[dot(k, wr, a_at(i))]);
             }
         }
-        if spare.capacity() <= SPARE_MAX {
+        if let Some(spare) = spare.filter(|s| s.capacity() <= SPARE_MAX) {
             SPARE.set(spare);
         }
     };

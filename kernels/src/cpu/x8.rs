@@ -527,47 +527,43 @@ pub fn qmatmul(
     let group_bytes = nb * packed_block(ty);
 
     // Runs activation rows `rows` against groups `groups`, two at a time where the kernels
-    // allow, handing each row's 8 outputs per group to `put` (row, group, outputs).
-    let run_groups =
-        |groups: Range<usize>, rows: Range<usize>, put: &mut dyn FnMut(usize, usize, &[f32])| {
-            let mut g = groups.start;
-            if let Some((one, four)) = kern.pair {
-                while g + 2 <= groups.end {
-                    let wg = &w[g * group_bytes..(g + 2) * group_bytes];
-                    by_rows(
-                        nb,
-                        wg,
-                        &act_rows,
-                        rows.clone(),
-                        Some(four),
-                        one,
-                        &mut |i, y| {
-                            put(i, g, &y[..GROUP]);
-                            put(i, g + 1, &y[GROUP..]);
-                        },
-                    );
-                    g += 2;
-                }
-            }
-            for g in g..groups.end {
-                let wg = &w[g * group_bytes..(g + 1) * group_bytes];
+    // allow, handing each row's outputs for one or two groups to `put`.
+    let run_groups = |groups: Range<usize>, rows: Range<usize>, put: super::Put| {
+        let mut g = groups.start;
+        if let Some((one, four)) = kern.pair {
+            while g + 2 <= groups.end {
+                let wg = &w[g * group_bytes..(g + 2) * group_bytes];
                 by_rows(
                     nb,
                     wg,
                     &act_rows,
                     rows.clone(),
-                    kern.rows,
-                    kern.one,
-                    &mut |i, y| put(i, g, y),
+                    Some(four),
+                    one,
+                    &mut |i, y| put(i, g * GROUP, y),
                 );
+                g += 2;
             }
-        };
+        }
+        for g in g..groups.end {
+            let wg = &w[g * group_bytes..(g + 1) * group_bytes];
+            by_rows(
+                nb,
+                wg,
+                &act_rows,
+                rows.clone(),
+                kern.rows,
+                kern.one,
+                &mut |i, y| put(i, g * GROUP, y),
+            );
+        }
+    };
 
     // Activation rows ROW_CHUNK at a time against all the groups `gs`.
     let block = |gs: Range<usize>, rows: Range<usize>, put: super::Put| {
         for c0 in rows.clone().step_by(ROW_CHUNK) {
             let c1 = (c0 + ROW_CHUNK).min(rows.end);
-            run_groups(gs.clone(), c0..c1, &mut |i, g, y| put(i, g * GROUP, y));
+            run_groups(gs.clone(), c0..c1, put);
         }
     };
     super::split_product(m, n, GROUP, &block)

@@ -239,16 +239,9 @@ fn swiglu_slice(g: &[f32], u: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::has_fma() {
         // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { swiglu_fma(g, u, out) };
+        return unsafe { dot_x86::swiglu(g, u, out) };
     }
     swiglu_body(g, u, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn swiglu_fma(g: &[f32], u: &[f32], out: &mut [f32]) {
-    // SAFETY: the caller's target features.
-    unsafe { dot_x86::swiglu(g, u, out) }
 }
 
 #[inline(always)]
@@ -264,16 +257,9 @@ fn softmax_exp(scores: &mut [f32], max: f32) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::has_fma() {
         // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { softmax_exp_fma(scores, max) };
+        return unsafe { dot_x86::softmax_exp(scores, max) };
     }
     softmax_exp_body(scores, max)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn softmax_exp_fma(scores: &mut [f32], max: f32) -> f64 {
-    // SAFETY: the caller's target features.
-    unsafe { dot_x86::softmax_exp(scores, max) }
 }
 
 #[inline(always)]
